@@ -1,0 +1,140 @@
+"""The motion embedding: what motion-textual inversion learns and what is applied to new images.
+
+Shape (F+1) x N x D, stored as two tensors:
+
+* ``spatial``  [F, N, D]: frame f's spatial cross-attention attends to its own N tokens, row f.
+* ``temporal`` [N, D]:    one shared set of N tokens for the temporal cross-attention (the "+1").
+
+F is the number of frames the embedding was learned for (14 for SVD, 25 for SVD-XT), N the tokens per
+frame, D the cross-attention width (1024, CLIP ViT-H's image-embedding size).
+
+"Neutral" is defined once, here: the embedding that makes the model behave exactly as stock SVD does
+for a given image. Stock SVD feeds every cross-attention one token, the target image's CLIP embedding
+c. N copies of c in every row give identical attention (softmax over identical keys returns the same
+value), so ``MotionEmbedding.neutral(c, F, N)`` is stock SVD. Strength interpolates from that neutral
+point (0) to the learned motion (1); values above 1 extrapolate. Without an image token, neutral is the
+all-zero context, which is SVD's unconditional (negative) context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import torch
+
+SVD_FRAMES = 14
+SVD_XT_FRAMES = 25
+DEFAULT_TOKENS = 5
+CONTEXT_DIM = 1024
+
+
+def base_model_for_frames(frames: int) -> str:
+    """Model family a frame count belongs to: 'svd_xt' for 25 frames, else 'svd'."""
+    return "svd_xt" if frames == SVD_XT_FRAMES else "svd"
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionEmbedding:
+    spatial: torch.Tensor  # [F, N, D]: row f -> frame f's spatial cross-attention
+    temporal: torch.Tensor  # [N, D]: the shared temporal cross-attention tokens
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.spatial.ndim != 3:
+            raise ValueError(f"spatial tokens must be [frames, tokens, dim], got shape {tuple(self.spatial.shape)}")
+        if self.temporal.ndim != 2:
+            raise ValueError(f"temporal tokens must be [tokens, dim], got shape {tuple(self.temporal.shape)}")
+        if self.spatial.shape[1:] != self.temporal.shape:
+            raise ValueError(
+                f"spatial tokens {tuple(self.spatial.shape)} and temporal tokens {tuple(self.temporal.shape)} "
+                "must have the same tokens-per-frame and dim"
+            )
+
+    @property
+    def frames(self) -> int:
+        return self.spatial.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.spatial.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.spatial.shape[2]
+
+    def to(self, *args, **kwargs) -> "MotionEmbedding":
+        return dataclasses.replace(self, spatial=self.spatial.to(*args, **kwargs), temporal=self.temporal.to(*args, **kwargs))
+
+    def detached(self) -> "MotionEmbedding":
+        return dataclasses.replace(self, spatial=self.spatial.detach().clone(), temporal=self.temporal.detach().clone())
+
+    def with_metadata(self, **updates: object) -> "MotionEmbedding":
+        merged = dict(self.metadata)
+        merged.update({k: str(v) for k, v in updates.items()})
+        return dataclasses.replace(self, metadata=merged)
+
+    @classmethod
+    def neutral(cls, image_token: torch.Tensor | None, frames: int, tokens: int, dim: int = CONTEXT_DIM) -> "MotionEmbedding":
+        """Stock SVD's context for an image with CLIP token ``image_token`` [D] (None: all zeros)."""
+        if image_token is None:
+            image_token = torch.zeros(dim)
+        token = image_token.reshape(-1).float()
+        if token.shape[0] != dim:
+            raise ValueError(f"image token has {token.shape[0]} values, expected {dim}")
+        return cls(spatial=token.expand(frames, tokens, dim).clone(), temporal=token.expand(tokens, dim).clone())
+
+    def resample_frames(self, frames: int) -> "MotionEmbedding":
+        """The same motion spread over ``frames`` frames: spatial rows linearly interpolated in time.
+
+        The first and last rows stay the first and last frame's tokens (align_corners), so a 14-frame
+        motion played over 25 frames covers the same path, more finely. The temporal set is shared by
+        all frames and does not change. ComfyUI would otherwise tile or truncate rows silently.
+        """
+        if frames < 1:
+            raise ValueError(f"cannot resample to {frames} frames")
+        if frames == self.frames:
+            return self
+        rows = self.spatial.float().permute(1, 2, 0)  # [N, D, F]: interpolate along the last axis
+        if self.frames == 1:
+            resampled = rows.expand(-1, -1, frames)
+        else:
+            resampled = torch.nn.functional.interpolate(rows, size=frames, mode="linear", align_corners=True)
+        spatial = resampled.permute(2, 0, 1).to(self.spatial.dtype).contiguous()
+        return dataclasses.replace(self, spatial=spatial)
+
+    def with_strength(self, strength: float, neutral: "MotionEmbedding | None" = None) -> "MotionEmbedding":
+        """neutral + strength * (self - neutral); neutral defaults to the all-zero (unconditional) context."""
+        if neutral is None:
+            neutral = MotionEmbedding.neutral(None, self.frames, self.tokens, self.dim)
+        if neutral.spatial.shape != self.spatial.shape:
+            neutral = neutral.resample_frames(self.frames)
+        if neutral.spatial.shape != self.spatial.shape:
+            raise ValueError(f"neutral embedding {tuple(neutral.spatial.shape)} does not match {tuple(self.spatial.shape)}")
+        n_sp = neutral.spatial.to(self.spatial)
+        n_tm = neutral.temporal.to(self.temporal)
+        return dataclasses.replace(
+            self,
+            spatial=n_sp + strength * (self.spatial - n_sp),
+            temporal=n_tm + strength * (self.temporal - n_tm),
+        )
+
+
+def mix(a: MotionEmbedding, b: MotionEmbedding, weight_b: float) -> MotionEmbedding:
+    """(1 - weight_b) * a + weight_b * b, row by row; b is resampled to a's frame count first.
+
+    Token counts must agree: tokens are an unordered set per frame, so there is no meaningful
+    pairing between, say, 5 and 3 tokens.
+    """
+    if a.tokens != b.tokens or a.dim != b.dim:
+        raise ValueError(
+            f"cannot mix embeddings with {a.tokens}x{a.dim} and {b.tokens}x{b.dim} tokens per frame: "
+            "invert both with the same tokens_per_frame"
+        )
+    b = b.resample_frames(a.frames)
+    w = float(weight_b)
+    spatial = (1 - w) * a.spatial.float() + w * b.spatial.float().to(a.spatial.device)
+    temporal = (1 - w) * a.temporal.float() + w * b.temporal.float().to(a.temporal.device)
+    meta = dict(a.metadata)
+    meta["title"] = f"mix({a.metadata.get('title', 'a')}, {b.metadata.get('title', 'b')}, {w:g})"
+    return MotionEmbedding(spatial=spatial, temporal=temporal, metadata=meta)

@@ -1,0 +1,288 @@
+"""Motion-textual inversion: optimise the motion embedding on one reference video, model frozen.
+
+The loss (``edm_loss``) is SVD's own training loss, the EDM denoising loss for sigma_data = 1:
+
+    x = x0 + sigma * eps,   loss = (sigma^2 + 1) / sigma^2 * mean((D(x; sigma, tokens, image) - x0)^2)
+
+with x0 the reference clip's latents, sigma drawn log-normally (motion is decided at high noise, so
+the default mean is well above SVD's training distribution), ``image`` the conditioning image's
+latent. Only the embedding is a leaf that requires grad: the backward pass computes activation
+gradients down to the tokens and never a weight gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import torch
+
+from .augment import Augmentations, conditioning_latent, make_variants
+from .denoiser import Denoiser
+from .embedding import CONTEXT_DIM, DEFAULT_TOKENS, MotionEmbedding
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 700.0  # SVD's EDM range
+
+
+class InversionDiverged(RuntimeError):
+    """The loss or the embedding became NaN/inf; the message says which setting to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionConfig:
+    steps: int = 1000
+    learning_rate: float = 1e-2
+    warmup_steps: int = -1  # -1: 10% of the steps
+    schedule: str = "constant"  # learning rate after warm-up: "constant" or "cosine" (decays to 0)
+    weight_decay: float = 0.0  # AdamW decay pulls tokens towards zero, the unconditional context
+    grad_clip: float = 1.0  # max gradient norm of the embedding; 0 = off
+    tokens_per_frame: int = DEFAULT_TOKENS
+    sigma_log_mean: float = 2.8  # log-normal noise levels; unofficial implementation's setting
+    sigma_log_std: float = 1.6
+    init_noise: float = 0.1  # noise on the initial tokens (relative to their std); breaks their symmetry
+    seed: int = 0
+    eval_draws: int = 8  # fixed (sigma, noise) draws for the before/after loss; 0 = skip
+    augment: Augmentations = Augmentations()
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.tokens_per_frame < 1:
+            raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
+        if self.sigma_log_std < 0:
+            raise ValueError(f"sigma_log_std must be >= 0, got {self.sigma_log_std}")
+
+    @property
+    def effective_warmup(self) -> int:
+        return self.steps // 10 if self.warmup_steps < 0 else min(self.warmup_steps, self.steps)
+
+
+@dataclasses.dataclass
+class StepInfo:
+    step: int  # 1-based
+    steps: int
+    loss: float
+    learning_rate: float
+    denoised: torch.Tensor  # this step's x0 estimate [F, C, h, w], detached (for previews)
+
+
+@dataclasses.dataclass
+class InversionResult:
+    embedding: MotionEmbedding
+    loss_history: list[float]
+    initial_eval_loss: float | None  # loss of the initial embedding on the fixed evaluation draws
+    final_eval_loss: float | None  # the same for the learned embedding
+    seconds: float
+
+
+def edm_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2 with sigma_data = 1."""
+    return (sigma**2 + 1.0) / sigma**2
+
+
+def edm_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return edm_weight(sigma) * torch.mean((denoised.float() - x0.float()) ** 2)
+
+
+def sample_sigma(config: InversionConfig, generator: torch.Generator) -> torch.Tensor:
+    log_sigma = config.sigma_log_mean + config.sigma_log_std * torch.randn((), generator=generator)
+    return log_sigma.exp().clamp(SIGMA_MIN, SIGMA_MAX)
+
+
+def evaluation_sigmas(config: InversionConfig, count: int) -> torch.Tensor:
+    """Deterministic noise levels at evenly spaced quantiles of the sampling distribution."""
+    quantiles = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    normal = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
+    return (config.sigma_log_mean + config.sigma_log_std * normal).exp().clamp(SIGMA_MIN, SIGMA_MAX).float()
+
+
+def initial_tokens(
+    frames: int,
+    config: InversionConfig,
+    generator: torch.Generator,
+    frame_image_embeds: torch.Tensor | None = None,
+    dim: int = CONTEXT_DIM,
+) -> MotionEmbedding:
+    """Starting point of the optimisation.
+
+    With CLIP image embeddings of the reference frames ([F, D]): row f starts at frame f's embedding,
+    the shared set at frame 0's (what stock SVD's temporal layers see), each repeated N times.
+    Without them (documented fallback): the all-zero context, SVD's unconditional input.
+    Either way small noise is added: N identical tokens would get identical gradients forever and act
+    as a single token.
+    """
+    n = config.tokens_per_frame
+    if frame_image_embeds is not None:
+        embeds = frame_image_embeds.detach().float().cpu()
+        if embeds.shape != (frames, dim):
+            raise ValueError(f"frame image embeddings must be [{frames}, {dim}], got {tuple(embeds.shape)}")
+        scale = float(embeds.std()) if embeds.numel() > 1 else 1.0
+        spatial = embeds[:, None, :].expand(frames, n, dim)
+        temporal = embeds[0][None, :].expand(n, dim)
+    else:
+        scale = 1.0
+        spatial = torch.zeros(frames, n, dim)
+        temporal = torch.zeros(n, dim)
+    noise = config.init_noise * scale
+    spatial = spatial + noise * torch.randn(spatial.shape, generator=generator)
+    temporal = temporal + noise * torch.randn(temporal.shape, generator=generator)
+    return MotionEmbedding(spatial=spatial.contiguous(), temporal=temporal.contiguous())
+
+
+def encode_training_clips(
+    frames: torch.Tensor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    config: InversionConfig,
+) -> torch.Tensor:
+    """[F, H, W, 3] reference -> [V, F, C, h, w] latents of the clip and its augmented copies.
+
+    ``encode`` maps pixels [F, H, W, 3] in [0, 1] to latents in the denoiser's latent space. Done once,
+    before the loop; copy 0 is always the unaugmented clip (used for evaluation).
+    """
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    variants = make_variants(frames.float().cpu(), config.augment, generator)
+    return torch.stack([encode(clip) for clip in variants])
+
+
+def _lr_factor(step: int, config: InversionConfig) -> float:
+    warmup = config.effective_warmup
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "cosine":
+        progress = (step - warmup) / max(1, config.steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate_loss(
+    denoiser: Denoiser,
+    clip_latents: torch.Tensor,
+    embedding: MotionEmbedding,
+    sigmas: torch.Tensor,
+    seed: int,
+) -> float:
+    """Mean EDM loss over fixed (sigma, noise) draws, conditioning on the clip's own first frame."""
+    generator = torch.Generator().manual_seed(seed)
+    device = clip_latents.device
+    spatial, temporal = embedding.spatial.to(device), embedding.temporal.to(device)
+    total = 0.0
+    for sigma in sigmas:
+        noise = torch.randn(clip_latents.shape, generator=generator).to(clip_latents)
+        sigma = sigma.to(device)
+        denoised = denoiser(clip_latents + sigma * noise, sigma, spatial, temporal, clip_latents[0])
+        total += float(edm_loss(denoised, clip_latents, sigma))
+    return total / len(sigmas)
+
+
+def invert(
+    denoiser: Denoiser,
+    training_latents: torch.Tensor,
+    init: MotionEmbedding,
+    config: InversionConfig,
+    callback: Callable[[StepInfo], None] | None = None,
+    loss_scaling: bool = False,
+) -> InversionResult:
+    """Optimise ``init`` so that ``denoiser`` reconstructs the reference clip; the model stays frozen.
+
+    Args:
+        training_latents: [V, F, C, h, w] from :func:`encode_training_clips` (on the compute device).
+        callback: called after every step; raise from it to cancel (nothing is returned then).
+        loss_scaling: scale the loss for fp16 compute so small gradients do not flush to zero.
+    """
+    start = time.perf_counter()
+    device = training_latents.device
+    frames = training_latents.shape[1]
+    if init.frames != frames:
+        raise ValueError(f"initial embedding has {init.frames} frames but the clip has {frames}")
+    generator = torch.Generator().manual_seed(config.seed)
+    eval_sigmas = evaluation_sigmas(config, config.eval_draws) if config.eval_draws else None
+    eval_seed = config.seed + 2
+    reference = training_latents[0]
+
+    initial_eval = evaluate_loss(denoiser, reference, init, eval_sigmas, eval_seed) if eval_sigmas is not None else None
+
+    # The embedding is the only thing that learns: two fp32 leaves, whatever the model's precision.
+    spatial = init.spatial.detach().to(device, torch.float32).clone().requires_grad_(True)
+    temporal = init.temporal.detach().to(device, torch.float32).clone().requires_grad_(True)
+    params = [spatial, temporal]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scaler = _LossScaler(enabled=loss_scaling)
+    history: list[float] = []
+
+    for step in range(config.steps):
+        lr = config.learning_rate * _lr_factor(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        variant = int(torch.randint(training_latents.shape[0], (1,), generator=generator))
+        x0 = training_latents[variant]
+        image_latent = conditioning_latent(x0, config.augment, generator)
+        sigma = sample_sigma(config, generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+
+        denoised = denoiser(x0 + sigma * noise, sigma, spatial, temporal, image_latent)
+        loss = edm_loss(denoised, x0, sigma)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise InversionDiverged(
+                f"the loss became {loss_value} at step {step + 1} of {config.steps}: the model produced "
+                f"non-finite values (learning rate {config.learning_rate:g}). Lower learning_rate, or use "
+                "precision fp32/bf16 if this ran in fp16"
+            )
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if scaler.unscale_and_check(params):
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+        if not (torch.isfinite(spatial).all() and torch.isfinite(temporal).all()):
+            raise InversionDiverged(
+                f"the embedding became non-finite at step {step + 1}; lower learning_rate (now {config.learning_rate:g})"
+            )
+
+        history.append(loss_value)
+        if callback is not None:
+            callback(StepInfo(step + 1, config.steps, loss_value, lr, denoised.detach()))
+
+    learned = MotionEmbedding(spatial=spatial.detach().cpu(), temporal=temporal.detach().cpu(), metadata=dict(init.metadata))
+    final_eval = evaluate_loss(denoiser, reference, learned, eval_sigmas, eval_seed) if eval_sigmas is not None else None
+    return InversionResult(learned, history, initial_eval, final_eval, time.perf_counter() - start)
+
+
+class _LossScaler:
+    """Dynamic loss scaling for fp16 compute (device-agnostic, unlike torch.amp.GradScaler)."""
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0**12, growth_interval: int = 200):
+        self.enabled = enabled
+        self.scale_value = init_scale if enabled else 1.0
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value if self.enabled else loss
+
+    def unscale_and_check(self, params: list[torch.Tensor]) -> bool:
+        """Unscale gradients; False (skip this step, halve the scale) if any overflowed."""
+        if not self.enabled:
+            return True
+        finite = True
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(self.scale_value)
+                finite = finite and bool(torch.isfinite(p.grad).all())
+        if not finite:
+            self.scale_value = max(self.scale_value / 2.0, 1.0)
+            self.good_steps = 0
+            return False
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.scale_value = min(self.scale_value * 2.0, 2.0**24)
+        return True

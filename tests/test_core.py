@@ -1,0 +1,240 @@
+"""Fast unit tests of reenact_core on tiny tensors (no ComfyUI)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reenact_core.augment import Augmentations, conditioning_latent, make_variants
+from reenact_core.embedding import MotionEmbedding, mix
+from reenact_core.inversion import (
+    InversionConfig,
+    InversionDiverged,
+    edm_loss,
+    encode_training_clips,
+    evaluation_sigmas,
+    initial_tokens,
+    invert,
+)
+from reenact_core.plot import pil_to_image_batch, render_loss_curve
+from tests.support.toy_denoiser import ToyVideoDenoiser
+
+DIM = 32
+
+
+def random_embedding(frames=4, tokens=3, dim=DIM, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return MotionEmbedding(torch.randn(frames, tokens, dim, generator=g), torch.randn(tokens, dim, generator=g))
+
+
+# ---- embedding -------------------------------------------------------------------------------
+
+
+def test_embedding_rejects_inconsistent_shapes():
+    with pytest.raises(ValueError, match="same tokens-per-frame"):
+        MotionEmbedding(torch.zeros(4, 3, DIM), torch.zeros(2, DIM))
+    with pytest.raises(ValueError, match=r"\[frames, tokens, dim\]"):
+        MotionEmbedding(torch.zeros(3, DIM), torch.zeros(3, DIM))
+
+
+def test_resample_keeps_endpoints_and_interpolates_linearly():
+    emb = MotionEmbedding(torch.arange(4.0)[:, None, None].expand(4, 2, DIM).clone(), torch.ones(2, DIM))
+    up = emb.resample_frames(7)
+    assert up.spatial.shape == (7, 2, DIM)
+    # rows 0..3 spread over 7 frames: values 0, .5, 1, ..., 3 (linear in time, not tiled)
+    assert torch.allclose(up.spatial[:, 0, 0], torch.linspace(0, 3, 7))
+    assert torch.equal(up.temporal, emb.temporal)
+    down = up.resample_frames(4)
+    assert torch.allclose(down.spatial, emb.spatial, atol=1e-6)
+    assert emb.resample_frames(4) is emb
+    single = MotionEmbedding(torch.ones(1, 2, DIM), torch.ones(2, DIM)).resample_frames(5)
+    assert single.spatial.shape == (5, 2, DIM) and torch.equal(single.spatial, torch.ones(5, 2, DIM))
+
+
+def test_strength_interpolates_from_neutral():
+    emb = random_embedding()
+    token = torch.randn(DIM)
+    neutral = MotionEmbedding.neutral(token, emb.frames, emb.tokens, DIM)
+    assert torch.equal(neutral.spatial[2, 1], token) and torch.equal(neutral.temporal[0], token)
+    assert torch.allclose(emb.with_strength(1.0, neutral).spatial, emb.spatial)
+    assert torch.allclose(emb.with_strength(0.0, neutral).spatial, neutral.spatial)
+    half = emb.with_strength(0.5, neutral)
+    assert torch.allclose(half.spatial, (emb.spatial + neutral.spatial) / 2, atol=1e-6)
+    assert torch.allclose(half.temporal, (emb.temporal + neutral.temporal) / 2, atol=1e-6)
+    # without an image token, neutral is the all-zero unconditional context
+    assert torch.allclose(emb.with_strength(0.25).spatial, 0.25 * emb.spatial)
+
+
+def test_mix_weights_and_resamples():
+    a, b = random_embedding(frames=4, seed=1), random_embedding(frames=7, seed=2)
+    m = mix(a, b, 0.25)
+    assert m.frames == 4
+    assert torch.allclose(m.spatial, 0.75 * a.spatial + 0.25 * b.resample_frames(4).spatial, atol=1e-6)
+    assert torch.allclose(mix(a, b, 0.0).spatial, a.spatial)
+    with pytest.raises(ValueError, match="same tokens_per_frame"):
+        mix(a, random_embedding(tokens=2), 0.5)
+
+
+# ---- inversion ---------------------------------------------------------------------------------
+
+
+def toy_setup(frames=4, seed=0):
+    model = ToyVideoDenoiser(dim=DIM, seed=seed)
+    g = torch.Generator().manual_seed(123)
+    pixels = torch.rand(frames, 8, 8, 3, generator=g)
+    proj = torch.randn(3, 4, generator=g)
+    encode = lambda clip: (clip @ proj).permute(0, 3, 1, 2).contiguous()  # noqa: E731  [F,4,8,8]
+    return model, pixels, encode
+
+
+def run_toy_inversion(steps=60, seed=0, **overrides):
+    model, pixels, encode = toy_setup()
+    config = InversionConfig(steps=steps, tokens_per_frame=3, seed=seed, learning_rate=5e-2, sigma_log_mean=0.0, **overrides)
+    latents = encode_training_clips(pixels, encode, config)
+    init = initial_tokens(4, config, torch.Generator().manual_seed(seed), dim=DIM)
+    return model, invert(model, latents, init, config), init
+
+
+def test_inversion_lowers_the_loss_on_held_out_draws():
+    model, result, init = run_toy_inversion()
+    assert result.final_eval_loss < 0.8 * result.initial_eval_loss
+    assert len(result.loss_history) == 60 and all(math.isfinite(v) for v in result.loss_history)
+    assert not torch.equal(result.embedding.spatial, init.spatial)
+    # only the embedding learned: no weight ever required or received a gradient
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_inversion_is_deterministic_for_a_seed():
+    _, a, _ = run_toy_inversion(steps=15, seed=3)
+    _, b, _ = run_toy_inversion(steps=15, seed=3)
+    _, c, _ = run_toy_inversion(steps=15, seed=4)
+    assert torch.equal(a.embedding.spatial, b.embedding.spatial)
+    assert torch.equal(a.embedding.temporal, b.embedding.temporal)
+    assert not torch.equal(a.embedding.spatial, c.embedding.spatial)
+
+
+def test_every_frame_row_and_the_shared_set_learn():
+    _, result, init = run_toy_inversion(steps=10)
+    moved = (result.embedding.spatial - init.spatial).abs().sum(dim=(1, 2))
+    assert (moved > 0).all()
+    assert (result.embedding.temporal - init.temporal).abs().sum() > 0
+
+
+def test_callback_sees_every_step_and_can_cancel():
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def callback(info):
+        seen.append((info.step, info.steps, info.denoised.shape))
+        if info.step == 3:
+            raise Stop
+
+    model, pixels, encode = toy_setup()
+    config = InversionConfig(steps=10, tokens_per_frame=2, eval_draws=0)
+    latents = encode_training_clips(pixels, encode, config)
+    with pytest.raises(Stop):
+        invert(model, latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config, callback)
+    assert [s[0] for s in seen] == [1, 2, 3] and seen[0][1] == 10 and seen[0][2] == (4, 4, 8, 8)
+
+
+def test_divergence_is_reported_not_returned():
+    class Exploding(ToyVideoDenoiser):
+        def forward(self, *args):
+            return super().forward(*args) * float("inf")
+
+    _, pixels, encode = toy_setup()
+    config = InversionConfig(steps=5, tokens_per_frame=2, eval_draws=0, learning_rate=1e3)
+    latents = encode_training_clips(pixels, encode, config)
+    with pytest.raises(InversionDiverged, match="Lower learning_rate"):
+        invert(Exploding(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
+
+
+def test_loss_scaling_gives_the_same_result_in_fp32():
+    # with fp32 compute nothing overflows, so scaled and unscaled runs agree up to rounding
+    model, pixels, encode = toy_setup()
+    config = InversionConfig(steps=8, tokens_per_frame=2, eval_draws=0)
+    latents = encode_training_clips(pixels, encode, config)
+    init = initial_tokens(4, config, torch.Generator().manual_seed(0), dim=DIM)
+    plain = invert(model, latents, init, config)
+    scaled = invert(model, latents, init, config, loss_scaling=True)
+    assert torch.allclose(plain.embedding.spatial, scaled.embedding.spatial, atol=1e-5)
+
+
+def test_edm_loss_weighting():
+    x0 = torch.zeros(2, 4, 2, 2)
+    assert float(edm_loss(torch.ones_like(x0), x0, torch.tensor(1.0))) == pytest.approx(2.0)
+    assert float(edm_loss(torch.ones_like(x0), x0, torch.tensor(10.0))) == pytest.approx(1.01)
+
+
+def test_evaluation_sigmas_follow_the_distribution():
+    config = InversionConfig(sigma_log_mean=1.0, sigma_log_std=0.5)
+    sigmas = evaluation_sigmas(config, 8)
+    assert sigmas.shape == (8,) and torch.all(sigmas[1:] > sigmas[:-1])
+    assert float(sigmas.log().mean()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_initial_tokens_from_clip_embeddings():
+    embeds = torch.randn(4, DIM)
+    config = InversionConfig(tokens_per_frame=3, init_noise=0.0)
+    init = initial_tokens(4, config, torch.Generator(), embeds, dim=DIM)
+    assert torch.equal(init.spatial[2, 1], embeds[2]) and torch.equal(init.temporal[0], embeds[0])
+    noisy = initial_tokens(4, InversionConfig(tokens_per_frame=3), torch.Generator(), embeds, dim=DIM)
+    assert not torch.equal(noisy.spatial[0, 0], noisy.spatial[0, 1])  # tokens must not start identical
+    with pytest.raises(ValueError, match="must be"):
+        initial_tokens(5, config, torch.Generator(), embeds, dim=DIM)
+
+
+def test_config_rejects_bad_values():
+    for bad in (dict(steps=0), dict(learning_rate=0.0), dict(learning_rate=float("nan")), dict(schedule="linear"), dict(tokens_per_frame=0)):
+        with pytest.raises(ValueError):
+            InversionConfig(**bad)
+
+
+def test_warmup_and_cosine_schedule():
+    from reenact_core.inversion import _lr_factor
+
+    config = InversionConfig(steps=100, schedule="cosine")
+    assert _lr_factor(0, config) == pytest.approx(0.1) and _lr_factor(9, config) == pytest.approx(1.0)
+    assert _lr_factor(99, config) < 0.01
+    assert _lr_factor(50, InversionConfig(steps=100)) == 1.0
+
+
+# ---- augmentations -------------------------------------------------------------------------------
+
+
+def test_variants_and_conditioning():
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(4, 16, 16, 3)
+    assert make_variants(clip, Augmentations(), g).shape == (1, 4, 16, 16, 3)
+    aug = Augmentations(hflip=True, crop_scale=0.7, color_jitter=0.2, variants=5)
+    variants = make_variants(clip, aug, g)
+    assert variants.shape == (5, 4, 16, 16, 3)
+    assert torch.equal(variants[0], clip)
+    assert all(not torch.equal(variants[i], clip) for i in range(1, 5))
+    assert variants.min() >= 0 and variants.max() <= 1
+    flipped = make_variants(clip, Augmentations(hflip=True, variants=12), torch.Generator().manual_seed(1))
+    assert any(torch.equal(v, clip.flip(2)) for v in flipped[1:])
+
+    latents = torch.randn(4, 4, 2, 2)
+    assert torch.equal(conditioning_latent(latents, Augmentations(), g), latents[0])
+    picks = {int(torch.nonzero((latents == conditioning_latent(latents, Augmentations(random_cond_frame=True), g)).all(-1).all(-1).all(-1))[0]) for _ in range(40)}
+    assert len(picks) > 1
+    noisy = conditioning_latent(latents, Augmentations(cond_noise=0.1), g)
+    assert not torch.equal(noisy, latents[0]) and torch.allclose(noisy, latents[0], atol=1.0)
+    with pytest.raises(ValueError):
+        Augmentations(crop_scale=0.0)
+
+
+# ---- loss curve ----------------------------------------------------------------------------------
+
+
+def test_loss_curve_image():
+    img = render_loss_curve([1.0, 0.8, 0.5, 0.4, float("nan"), 0.3], total_steps=10, before=1.0, after=0.3)
+    batch = pil_to_image_batch(img)
+    assert batch.shape == (1, 320, 640, 3) and batch.dtype == torch.float32
+    assert 0 <= float(batch.min()) and float(batch.max()) <= 1
+    assert pil_to_image_batch(render_loss_curve([])).shape == (1, 320, 640, 3)

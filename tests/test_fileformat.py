@@ -1,0 +1,157 @@
+"""Motion embedding files: exact round trip, and a clear error for everything that is not one."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import pytest
+import safetensors.torch
+import torch
+
+from reenact_core import __version__
+from reenact_core.embedding import MotionEmbedding
+from reenact_core.fileformat import (
+    FORMAT_NAME,
+    EmbeddingFileError,
+    build_metadata,
+    load_embedding,
+    save_embedding,
+)
+
+
+def embedding(frames=14, tokens=5, dim=1024, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return MotionEmbedding(torch.randn(frames, tokens, dim, generator=g), torch.randn(tokens, dim, generator=g))
+
+
+def test_round_trip_is_bit_exact_with_full_metadata(tmp_path):
+    emb = embedding()
+    meta = build_metadata(emb, title="wave", steps=500, learning_rate=0.01, seed=7, final_loss=0.123, reference_sha256="ab" * 32)
+    path = save_embedding(emb.with_metadata(**meta), tmp_path / "wave.safetensors")
+    back = load_embedding(path)
+    assert torch.equal(back.spatial, emb.spatial) and torch.equal(back.temporal, emb.temporal)
+    m = back.metadata
+    assert m["format"] == FORMAT_NAME and m["format_version"] == "1"
+    assert (m["frames"], m["tokens"], m["dim"], m["base_model"]) == ("14", "5", "1024", "svd")
+    assert (m["steps"], m["learning_rate"], m["seed"], m["final_loss"]) == ("500", "0.01", "7", "0.123")
+    assert m["reference_sha256"] == "ab" * 32 and m["pack_version"] == __version__
+    assert m["modelspec.title"] == "wave" and m["modelspec.architecture"].startswith("stable-video-diffusion")
+    assert "modelspec.date" in m
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    assert load_embedding(save_embedding(embedding(frames=25), tmp_path / "xt.safetensors")).metadata["base_model"] == "svd_xt"
+
+
+def write_raw(path, header: dict, body: bytes = b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+    return path
+
+
+def valid_file(tmp_path, name="ok.safetensors", **kw):
+    return save_embedding(embedding(frames=2, tokens=2, dim=8, **kw), tmp_path / name)
+
+
+def rewrite(tmp_path, mutate_tensors=None, mutate_meta=None, name="bad.safetensors"):
+    src = load_embedding(valid_file(tmp_path))
+    tensors = {"spatial": src.spatial, "temporal": src.temporal}
+    meta = dict(src.metadata)
+    if mutate_tensors:
+        tensors = mutate_tensors(tensors)
+    if mutate_meta:
+        meta = mutate_meta(meta)
+    path = tmp_path / name
+    path.write_bytes(safetensors.torch.save(tensors, metadata=meta))
+    return path
+
+
+def put(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.safetensors", "not found"),
+        (lambda p: put(p / "empty.safetensors", b""), "empty or truncated"),
+        (lambda p: put(p / "t.safetensors", valid_file(p).read_bytes()[:-7]), "unreadable|does not fit"),
+        (lambda p: put(p / "h.safetensors", valid_file(p).read_bytes()[:40]), "not a valid safetensors"),
+        (lambda p: put(p / "pk.safetensors", pickle.dumps({"a": 1})), "pickle"),
+        (lambda p: put(p / "j.safetensors", struct.pack("<Q", 5) + b"{nope"), "not JSON"),
+        (lambda p: write_raw(p / "list.safetensors", [1, 2]), "not a JSON object"),
+        (lambda p: write_raw(p / "nometa.safetensors", {"spatial": {}}), "no metadata"),
+        (lambda p: write_raw(p / "badmeta.safetensors", {"__metadata__": {"format": 3}}), "malformed metadata"),
+        (lambda p: write_raw(p / "huge.safetensors", {"__metadata__": {"format": FORMAT_NAME, "x": "y" * 20000}}), "too large"),
+        (lambda p: write_raw(p / "other.safetensors", {"__metadata__": {"format": "lora"}}), "not a motion embedding"),
+        (lambda p: put(p / "ckpt.safetensors", safetensors.torch.save({"w": torch.zeros(2)})), "no metadata"),
+    ],
+)
+def test_bad_files_give_clear_errors(tmp_path, make, message):
+    with pytest.raises(EmbeddingFileError, match=message):
+        load_embedding(make(tmp_path))
+
+
+def test_zip_renamed_is_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps([1]))
+    with pytest.raises(EmbeddingFileError, match="never loads pickles"):
+        load_embedding(path)
+
+
+@pytest.mark.parametrize(
+    "mutate_tensors, mutate_meta, message",
+    [
+        (lambda t: {**t, "temporal": torch.zeros(3, 8)}, None, "must agree"),
+        (lambda t: {**t, "temporal": torch.zeros(2, 16)}, None, "must agree"),
+        (lambda t: {**t, "spatial": t["spatial"].clone().index_fill_(0, torch.tensor([0]), float("nan"))}, None, "NaN or infinite"),
+        (lambda t: {**t, "temporal": torch.full_like(t["temporal"], float("inf"))}, None, "NaN or infinite"),
+        (lambda t: {**t, "extra": torch.zeros(1)}, None, "exactly the tensors"),
+        (lambda t: {"spatial": t["spatial"]}, None, "exactly the tensors"),
+        (lambda t: {**t, "spatial": t["spatial"].to(torch.int32)}, None, "dtype"),
+        (lambda t: {**t, "spatial": t["spatial"][0]}, None, "shape"),
+        (None, lambda m: {**m, "format_version": "2"}, "newer version"),
+        (None, lambda m: {**m, "format_version": "zero"}, "not an integer"),
+        (None, lambda m: {**m, "format_version": "0"}, "invalid format_version"),
+        (None, lambda m: {**m, "frames": "3"}, "inconsistent"),
+        (None, lambda m: {k: v for k, v in m.items() if k != "tokens"}, "lacks tokens"),
+    ],
+)
+def test_inconsistent_embeddings_are_refused(tmp_path, mutate_tensors, mutate_meta, message):
+    with pytest.raises(EmbeddingFileError, match=message):
+        load_embedding(rewrite(tmp_path, mutate_tensors, mutate_meta))
+
+
+def test_other_token_dims_load_but_say_so(tmp_path):
+    # A 768-dim embedding is a valid file; whether it fits a model is decided where it is applied.
+    emb = load_embedding(valid_file(tmp_path))
+    assert emb.dim == 8
+
+
+def test_half_precision_files_load_as_float32(tmp_path):
+    path = rewrite(tmp_path, lambda t: {k: v.half() for k, v in t.items()})
+    assert load_embedding(path).spatial.dtype == torch.float32
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "x.safetensors"
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        save_embedding(embedding(frames=2, tokens=2, dim=8), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_replaces_atomically(tmp_path):
+    target = valid_file(tmp_path, "same.safetensors", seed=1)
+    before = load_embedding(target)
+    save_embedding(embedding(frames=2, tokens=2, dim=8, seed=2), target)
+    assert not torch.equal(load_embedding(target).spatial, before.spatial)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.safetensors"]
