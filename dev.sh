@@ -91,7 +91,7 @@ case "$cmd" in
   test)
     setup_venv; setup_comfyui
     cd "$HERE"
-    exec "$PY" -m pytest "$@"
+    exec "$PY" -m pytest -c tests/pytest.ini "$@"
     ;;
   demo)
     setup_venv; setup_comfyui

@@ -81,6 +81,11 @@ class InversionResult:
     seconds: float
 
 
+def derived_seed(seed: int, stream: int) -> int:
+    """Independent generator streams from one user seed (which may be up to 2**64 - 1)."""
+    return (seed + stream * 0x9E3779B97F4A7C15) % 2**64
+
+
 def edm_weight(sigma: torch.Tensor) -> torch.Tensor:
     """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2 with sigma_data = 1."""
     return (sigma**2 + 1.0) / sigma**2
@@ -145,7 +150,7 @@ def encode_training_clips(
     ``encode`` maps pixels [F, H, W, 3] in [0, 1] to latents in the denoiser's latent space. Done once,
     before the loop; copy 0 is always the unaugmented clip (used for evaluation).
     """
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    generator = torch.Generator().manual_seed(derived_seed(config.seed, 1))
     variants = make_variants(frames.float().cpu(), config.augment, generator)
     return torch.stack([encode(clip) for clip in variants])
 
@@ -203,7 +208,7 @@ def invert(
         raise ValueError(f"initial embedding has {init.frames} frames but the clip has {frames}")
     generator = torch.Generator().manual_seed(config.seed)
     eval_sigmas = evaluation_sigmas(config, config.eval_draws) if config.eval_draws else None
-    eval_seed = config.seed + 2
+    eval_seed = derived_seed(config.seed, 2)
     reference = training_latents[0]
 
     initial_eval = evaluate_loss(denoiser, reference, init, eval_sigmas, eval_seed) if eval_sigmas is not None else None
