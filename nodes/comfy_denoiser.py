@@ -1,0 +1,174 @@
+"""ComfyUI's SVD model as a reenact_core Denoiser, on a private copy that autograd can use.
+
+ComfyUI runs every node under ``torch.inference_mode()`` and its loaders create weights as inference
+tensors, which autograd refuses to save for backward. The inversion therefore works on a private copy
+of the UNet made outside inference mode (never on the model other nodes share), in the precision
+chosen for the inversion, with frozen weights, optionally gradient-checkpointed, and thrown away
+afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import inspect
+import logging
+
+import torch
+import torch.utils.checkpoint
+
+import comfy.model_base
+import comfy.model_management
+
+log = logging.getLogger("reenact_anything")
+
+
+class NotAnSVDModel(ValueError):
+    pass
+
+
+def require_svd(model_patcher) -> None:
+    base = getattr(model_patcher, "model", None)
+    if not isinstance(base, comfy.model_base.SVD_img2vid):
+        kind = type(base).__name__ if base is not None else type(model_patcher).__name__
+        raise NotAnSVDModel(
+            f"Motion inversion needs a Stable Video Diffusion model (svd.safetensors / svd_xt.safetensors "
+            f"loaded with 'Image Only Checkpoint Loader (img2vid model)'), but this MODEL is {kind}."
+        )
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto': bf16 where the GPU has it, fp16 on older GPUs (with loss scaling), fp32 on CPU."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cpu":
+        return torch.float32
+    if comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16
+
+
+class ComfySVDDenoiser:
+    """Adapts ComfyUI's ``SVD_img2vid.apply_model`` to :class:`reenact_core.denoiser.Denoiser`."""
+
+    def __init__(self, base_model, device: torch.device, fps: int, motion_bucket_id: int, augmentation_level: float):
+        self.model = base_model
+        self.device = device
+        # SVD's micro-conditioning (fps, motion bucket, augmentation) is fixed for the whole inversion.
+        self.adm = base_model.encode_adm(fps=fps, motion_bucket_id=motion_bucket_id, augmentation_level=augmentation_level).to(device)
+
+    def __call__(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+        frames = noisy.shape[0]
+        raw_image = self.model.process_latent_out(image_latent)  # c_concat is the unscaled VAE latent
+        return self.model.apply_model(
+            noisy,
+            sigma.reshape(1).expand(frames),
+            c_concat=raw_image[None].expand(frames, -1, -1, -1),
+            c_crossattn=frame_tokens,  # [F, N, D]: frames are the batch, so row f meets frame f
+            time_context=shared_tokens[None].expand(frames, -1, -1),  # temporal layers read row 0 of each video
+            y=self.adm.expand(frames, -1),
+            num_video_frames=frames,
+            transformer_options={},
+        ).float()
+
+
+@contextlib.contextmanager
+def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0):
+    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training."""
+    mm = comfy.model_management
+    device = model_patcher.load_device
+    private_patcher = None
+    with torch.inference_mode(False):
+        try:
+            private_patcher = _reloaded_patcher(model_patcher)
+            if private_patcher is not None:
+                _load(private_patcher, memory_required)
+                base = private_patcher.model
+            else:
+                _load(model_patcher, memory_required)  # applies LoRA patches etc. exactly as sampling would
+                base = _copy_effective_weights(model_patcher.model)
+            _convert_unet(base, dtype, device)
+            if private_patcher is None and device.type != "cpu":
+                mm.free_memory(memory_required, device)  # room for activations; may evict the shared model
+            if gradient_checkpointing:
+                _checkpoint_blocks(base.diffusion_model)
+            yield base, device
+        finally:
+            if private_patcher is not None:
+                _forget_loaded(private_patcher)
+            private_patcher = base = None
+            gc.collect()
+            mm.soft_empty_cache()
+
+
+def _load(patcher, memory_required: int) -> None:
+    load = comfy.model_management.load_models_gpu
+    kwargs = {"memory_required": memory_required}
+    if "force_full_load" in inspect.signature(load).parameters:
+        kwargs["force_full_load"] = True  # partially offloaded weights cannot be trained through
+    load([patcher], **kwargs)
+
+
+def _reloaded_patcher(model_patcher):
+    """ComfyUI >= 2026-06 can reload a model from its file outside inference mode (clone(force_deepcopy))."""
+    if "force_deepcopy" not in inspect.signature(model_patcher.clone).parameters:
+        return None
+    if getattr(model_patcher, "cached_patcher_init", None) is None:
+        return None
+    return model_patcher.clone(force_deepcopy=True)
+
+
+def _copy_effective_weights(base):
+    """Deep copy of the loaded model whose tensors are fresh, ordinary (non-inference) tensors."""
+    memo = {}
+    for p in base.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+    for b in base.buffers():
+        memo[id(b)] = b.detach().clone()
+    private = copy.deepcopy(base, memo)
+    # Bookkeeping attributes a ModelPatcher leaves on the module describe the shared model, not this copy.
+    for attr in ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram", "current_weight_patches_uuid"):
+        if hasattr(private, attr):
+            delattr(private, attr)
+    return private
+
+
+def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
+    unet = base.diffusion_model
+    unet.requires_grad_(False)
+    unet.to(device=device, dtype=dtype)
+    unet.dtype = dtype  # apply_model casts its inputs to this
+    base.manual_cast_dtype = None
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+
+
+def _checkpoint_blocks(unet) -> None:
+    """Recompute each UNet block in the backward pass instead of storing its activations."""
+    blocks = list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks)
+    for block in blocks:
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            if "transformer_options" in kwargs:  # ComfyUI mutates it per block: recompute must see this block's copy
+                kwargs["transformer_options"] = dict(kwargs["transformer_options"])
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+
+
+def _forget_loaded(patcher) -> None:
+    mm = comfy.model_management
+    for i in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[i]
+        if getattr(loaded, "model", None) is patcher:
+            try:
+                loaded.model_unload()
+            finally:
+                mm.current_loaded_models.pop(i)

@@ -1,0 +1,174 @@
+"""Save, load, mix and apply motion embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+import folder_paths
+
+from ..reenact_core.embedding import MotionEmbedding, mix
+from ..reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding
+from . import paths
+
+CATEGORY = "Reenact Anything"
+
+
+class SaveMotionEmbedding:
+    DESCRIPTION = "Saves a motion embedding as .safetensors under output/motion_embeddings/, where Load Motion Embedding finds it."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "motion_embedding": ("MOTION_EMBEDDING", {"tooltip": "The motion to save, from Motion Textual Inversion."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "motion",
+                        "tooltip": "File name prefix inside output/motion_embeddings/ (subfolders allowed, e.g. dance/wave). "
+                        "A counter is appended, so nothing is overwritten.",
+                    },
+                ),
+            }
+        }
+
+    def save(self, motion_embedding: MotionEmbedding, filename_prefix: str):
+        prefix = paths.safe_prefix(filename_prefix)
+        root = paths.output_folder()
+        os.makedirs(root, exist_ok=True)
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root)
+        file_name = f"{name}_{counter:05}_.safetensors"
+        emb = motion_embedding
+        if "modelspec.title" not in emb.metadata:
+            emb = emb.with_metadata(**{"modelspec.title": name})
+        save_embedding(emb, os.path.join(folder, file_name))
+        relative = "/".join(p for p in (subfolder, file_name) if p)
+        return {"ui": {"motion_embeddings": [{"filename": file_name, "subfolder": os.path.join(paths.FOLDER, subfolder).rstrip("/"), "type": "output"}], "text": [relative]}}
+
+
+class LoadMotionEmbedding:
+    DESCRIPTION = "Loads a saved motion embedding (.safetensors) from models/motion_embeddings/ or output/motion_embeddings/."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MOTION_EMBEDDING",)
+    RETURN_NAMES = ("motion_embedding",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "embedding_name": (
+                    paths.list_embeddings(),
+                    {"tooltip": "A motion embedding file from models/motion_embeddings/ or output/motion_embeddings/."},
+                ),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, embedding_name):
+        path = paths.embedding_path(embedding_name)
+        if path is None:
+            return ""
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def load(self, embedding_name: str):
+        path = paths.embedding_path(embedding_name)
+        if path is None:
+            raise EmbeddingFileError(f"{embedding_name}: not found in models/motion_embeddings or output/motion_embeddings")
+        return (load_embedding(path),)
+
+
+class ApplyMotionEmbedding:
+    DESCRIPTION = (
+        "Replaces SVD's image-embedding conditioning with a motion embedding: each frame gets its own tokens in the "
+        "spatial cross-attention and the shared tokens drive the temporal cross-attention. The target image still "
+        "gives the appearance through SVD_img2vid_Conditioning."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "positive from SVD_img2vid_Conditioning (the target image)."}),
+                "negative": ("CONDITIONING", {"tooltip": "negative from SVD_img2vid_Conditioning."}),
+                "motion_embedding": ("MOTION_EMBEDDING", {"tooltip": "The motion to apply (Motion Textual Inversion or Load Motion Embedding)."}),
+                "latent": (
+                    "LATENT",
+                    {"tooltip": "The latent you will sample (SVD_img2vid_Conditioning's latent): its frame count decides how the motion is resampled in time."},
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 2.0,
+                        "step": 0.05,
+                        "tooltip": "0 = plain SVD (the target's own image embedding), 1 = the learned motion, >1 exaggerates it.",
+                    },
+                ),
+            }
+        }
+
+    def apply(self, positive, negative, motion_embedding: MotionEmbedding, latent, strength: float):
+        frames = int(latent["samples"].shape[0])
+        motion = motion_embedding.resample_frames(frames)
+        new_positive = []
+        for context, extras in positive:
+            _check_svd_conditioning(context, extras, motion.dim, "positive")
+            image_token = context.reshape(-1, context.shape[-1]).float().mean(0).cpu()
+            neutral = MotionEmbedding.neutral(image_token, frames, motion.tokens, motion.dim)
+            applied = motion.with_strength(strength, neutral)
+            new_positive.append([applied.spatial, dict(extras, time_conditioning=applied.temporal[None])])
+        new_negative = []
+        for context, extras in negative:
+            _check_svd_conditioning(context, extras, motion.dim, "negative")
+            # SVD's unconditional context is all zeros; with the same token count cond and uncond batch together.
+            zeros = torch.zeros(frames, motion.tokens, motion.dim)
+            new_negative.append([zeros, dict(extras, time_conditioning=zeros[:1].clone())])
+        return (new_positive, new_negative)
+
+
+def _check_svd_conditioning(context: torch.Tensor, extras: dict, dim: int, which: str) -> None:
+    if context.shape[-1] != dim:
+        raise ValueError(
+            f"The {which} conditioning has {context.shape[-1]}-wide tokens, but this motion embedding has {dim}: "
+            "connect the outputs of SVD_img2vid_Conditioning (a text CLIP conditioning does not work here)."
+        )
+    if "concat_latent_image" not in extras:
+        raise ValueError(
+            f"The {which} conditioning is not from SVD_img2vid_Conditioning (it has no image latent): "
+            "connect SVD_img2vid_Conditioning's positive and negative."
+        )
+
+
+class MixMotionEmbeddings:
+    DESCRIPTION = "Blends two motion embeddings: (1 - weight) * a + weight * b, frame by frame."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MOTION_EMBEDDING",)
+    RETURN_NAMES = ("motion_embedding",)
+    FUNCTION = "mix"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "embedding_a": ("MOTION_EMBEDDING", {"tooltip": "First motion (weight 0 gives exactly this one)."}),
+                "embedding_b": ("MOTION_EMBEDDING", {"tooltip": "Second motion (weight 1 gives exactly this one); resampled to a's frame count."}),
+                "weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Share of embedding_b in the mix."}),
+            }
+        }
+
+    def mix(self, embedding_a: MotionEmbedding, embedding_b: MotionEmbedding, weight: float):
+        return (mix(embedding_a, embedding_b, weight),)

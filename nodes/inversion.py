@@ -1,0 +1,191 @@
+"""Motion Textual Inversion node: learn a motion embedding from a reference clip with the SVD in the graph."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from ..reenact_core.augment import Augmentations
+from ..reenact_core.fileformat import build_metadata
+from ..reenact_core.inversion import InversionConfig, encode_training_clips, initial_tokens, invert
+from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
+from ..reenact_core.video import ReferenceClip, fit_frames, resample_frames
+from .comfy_denoiser import ComfySVDDenoiser, compute_dtype, require_svd, trainable_svd
+
+CATEGORY = "Reenact Anything"
+PREVIEWS_PER_RUN = 40
+
+
+class MotionInversionOptions:
+    DESCRIPTION = "Advanced settings for Motion Textual Inversion: noise levels, schedule and anti-leakage augmentations."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MOTION_INVERSION_OPTIONS",)
+    RETURN_NAMES = ("options",)
+    FUNCTION = "options"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = InversionConfig()
+        a = Augmentations()
+        return {
+            "required": {
+                "sigma_log_mean": ("FLOAT", {"default": d.sigma_log_mean, "min": -3.0, "max": 6.0, "step": 0.1, "tooltip": "Mean of log(sigma) for the training noise levels. Higher = noisier steps, where SVD decides motion."}),
+                "sigma_log_std": ("FLOAT", {"default": d.sigma_log_std, "min": 0.0, "max": 4.0, "step": 0.1, "tooltip": "Spread of log(sigma)."}),
+                "warmup_steps": ("INT", {"default": d.warmup_steps, "min": -1, "max": 100000, "tooltip": "Linear learning-rate warm-up steps; -1 = 10% of the steps."}),
+                "schedule": (["constant", "cosine"], {"default": d.schedule, "tooltip": "Learning rate after warm-up: constant, or cosine decay to zero."}),
+                "weight_decay": ("FLOAT", {"default": d.weight_decay, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "AdamW weight decay (pulls tokens towards the empty context)."}),
+                "grad_clip": ("FLOAT", {"default": d.grad_clip, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Clip the embedding's gradient norm to this; 0 = off."}),
+                "init_noise": ("FLOAT", {"default": d.init_noise, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": "Noise on the initial tokens (relative); keeps the N tokens of a frame from staying identical."}),
+                "hflip": ("BOOLEAN", {"default": a.hflip, "tooltip": "Also train on the mirrored clip. Mirrors the motion too: only for left/right-symmetric motions."}),
+                "crop_scale": ("FLOAT", {"default": a.crop_scale, "min": 0.1, "max": 1.0, "step": 0.05, "tooltip": "Random crops keeping at least this fraction of each side (1 = off). Fights layout leakage."}),
+                "color_jitter": ("FLOAT", {"default": a.color_jitter, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Random brightness/contrast/saturation change (0 = off). Fights colour leakage."}),
+                "random_cond_frame": ("BOOLEAN", {"default": a.random_cond_frame, "tooltip": "Use a random frame of the reference as the conditioning image instead of the first."}),
+                "cond_noise": ("FLOAT", {"default": a.cond_noise, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": "Noise on the conditioning image's latent, relative to its std (0 = off)."}),
+                "augment_variants": ("INT", {"default": a.variants, "min": 1, "max": 64, "tooltip": "How many augmented copies of the clip are encoded up front (only with flip/crop/jitter)."}),
+                "eval_draws": ("INT", {"default": d.eval_draws, "min": 0, "max": 64, "tooltip": "Fixed noise draws used to report the loss before and after (0 = skip)."}),
+            }
+        }
+
+    def options(self, augment_variants, hflip, crop_scale, color_jitter, random_cond_frame, cond_noise, **config):
+        augment = Augmentations(
+            hflip=hflip, crop_scale=crop_scale, color_jitter=color_jitter, random_cond_frame=random_cond_frame, cond_noise=cond_noise, variants=augment_variants
+        )
+        return (dict(config, augment=augment),)
+
+
+class MotionTextualInversion:
+    DESCRIPTION = (
+        "Learns the motion of a reference video as an embedding for Stable Video Diffusion (motion-textual "
+        "inversion): SVD stays frozen, only the per-frame cross-attention tokens are optimised. Apply the result "
+        "to any image with Apply Motion Embedding."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MOTION_EMBEDDING", "IMAGE")
+    RETURN_NAMES = ("motion_embedding", "loss_curve")
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = InversionConfig()
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "SVD or SVD-XT from Image Only Checkpoint Loader. It is not modified."}),
+                "vae": ("VAE", {"tooltip": "The VAE from the same checkpoint, used to encode the reference frames."}),
+                "motion_reference": ("MOTION_REFERENCE", {"tooltip": "The clip whose motion is learned (Load Motion Reference)."}),
+                "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimisation steps. Motion appears after a few hundred; more steps fit the reference more closely."}),
+                "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-5, "max": 1.0, "step": 1e-4, "round": 1e-5, "tooltip": "AdamW learning rate for the tokens (after warm-up)."}),
+                "tokens_per_frame": ("INT", {"default": d.tokens_per_frame, "min": 1, "max": 64, "tooltip": "N tokens per frame (and in the shared temporal set). More tokens capture more detailed motion."}),
+                "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT. The reference is resampled evenly over its length to this many frames."}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation width. The embedding does not depend on resolution, so this can be lower than the generation size (faster, less VRAM)."}),
+                "height": ("INT", {"default": 288, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation height (the reference is resized and centre-cropped to width x height)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed for noise, noise levels and augmentations. Same inputs and seed give the same embedding."}),
+                "fps": ("INT", {"default": 6, "min": 1, "max": 1024, "tooltip": "SVD's fps conditioning during inversion (use the same when applying)."}),
+                "motion_bucket_id": ("INT", {"default": 127, "min": 1, "max": 1023, "tooltip": "SVD's motion bucket conditioning during inversion."}),
+                "augmentation_level": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "SVD's augmentation-level conditioning during inversion."}),
+                "precision": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Compute precision of the frozen model: auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the backward pass: much less VRAM for about 30% more time."}),
+            },
+            "optional": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: start from the reference frames' CLIP image embeddings (the checkpoint's CLIP vision). Without it the tokens start from SVD's empty context."}),
+                "options": ("MOTION_INVERSION_OPTIONS", {"tooltip": "Optional advanced settings (Motion Inversion Options)."}),
+            },
+        }
+
+    def invert(
+        self,
+        model,
+        vae,
+        motion_reference: ReferenceClip,
+        steps,
+        learning_rate,
+        tokens_per_frame,
+        video_frames,
+        width,
+        height,
+        seed,
+        fps,
+        motion_bucket_id,
+        augmentation_level,
+        precision,
+        gradient_checkpointing,
+        clip_vision=None,
+        options=None,
+    ):
+        require_svd(model)
+        config = InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, **(options or {}))
+        frames = fit_frames(resample_frames(motion_reference.frames, video_frames), width, height)
+
+        # The VAE samples its latent distribution: seed that noise too, so the embedding is reproducible.
+        with _seeded(seed, model.load_device):
+            training_latents = encode_training_clips(frames, lambda clip: model.model.process_latent_in(vae.encode(clip)), config)
+        frame_embeds = clip_vision.encode_image(frames).image_embeds if clip_vision is not None else None
+        init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds)
+
+        progress = comfy.utils.ProgressBar(steps)
+        preview_every = max(1, steps // PREVIEWS_PER_RUN)
+        history: list[float] = []
+
+        def on_step(info):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            history.append(info.loss)
+            preview = None
+            if info.step % preview_every == 0 or info.step == info.steps:
+                preview = ("JPEG", render_loss_curve(history, info.steps), 640)
+            progress.update_absolute(info.step, info.steps, preview)
+
+        device = model.load_device
+        dtype = compute_dtype(precision, device)
+        latent_shape = [video_frames, 4, height // 8, width // 8]
+        with trainable_svd(model, dtype, gradient_checkpointing, _memory_required(model, latent_shape, gradient_checkpointing)) as (base, device):
+            denoiser = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
+            result = invert(
+                denoiser, training_latents.clone().to(device), init, config, on_step, loss_scaling=dtype == torch.float16
+            )
+
+        metadata = build_metadata(
+            result.embedding,
+            title=f"motion from {motion_reference.source}",
+            steps=steps,
+            learning_rate=learning_rate,
+            seed=seed,
+            final_loss=result.final_eval_loss,
+            reference_sha256=motion_reference.sha256,
+            extra={
+                "initial_loss": result.initial_eval_loss,
+                "fps": fps,
+                "motion_bucket_id": motion_bucket_id,
+                "augmentation_level": augmentation_level,
+                "resolution": f"{width}x{height}",
+                "inversion_config": _config_summary(config),
+            },
+        )
+        embedding = result.embedding.with_metadata(**{k: v for k, v in metadata.items() if v != "None"})
+        curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss)
+        return (embedding, pil_to_image_batch(curve))
+
+
+def _memory_required(model, latent_shape, checkpointing: bool) -> int:
+    """Rough activation memory for one inversion step (a forward keeps more alive when it must backprop)."""
+    try:
+        forward = model.model.memory_required(input_shape=latent_shape)
+    except TypeError:
+        forward = model.model.memory_required(latent_shape)
+    return int(forward * (2 if checkpointing else 4))
+
+
+def _config_summary(config: InversionConfig) -> str:
+    fields = dataclasses.asdict(config)
+    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed torch's global RNGs for a block and restore them afterwards (other nodes keep their streams)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
