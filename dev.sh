@@ -90,8 +90,10 @@ case "$cmd" in
     ;;
   test)
     setup_venv; setup_comfyui
-    cd "$HERE"
-    exec "$PY" -m pytest -c tests/pytest.ini "$@"
+    # pytest runs from tests/ (its rootdir): the repository root is the node pack itself, a package
+    # that only imports inside ComfyUI, so it must never be collected. Paths are relative to tests/.
+    cd "$HERE/tests"
+    exec "$PY" -m pytest "$@"
     ;;
   demo)
     setup_venv; setup_comfyui

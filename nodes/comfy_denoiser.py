@@ -93,6 +93,7 @@ def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: boo
                 _load(model_patcher, memory_required)  # applies LoRA patches etc. exactly as sampling would
                 base = _copy_effective_weights(model_patcher.model)
             _convert_unet(base, dtype, device)
+            _protect_saved_norm_inputs(base.diffusion_model)
             if private_patcher is None and device.type != "cpu":
                 mm.free_memory(memory_required, device)  # room for activations; may evict the shared model
             if gradient_checkpointing:
@@ -147,6 +148,29 @@ def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
+
+
+def _protect_saved_norm_inputs(unet) -> None:
+    """Older ComfyUI transformer blocks do ``n = norm1(x); ...; x += n``: the in-place add changes the
+    tensor LayerNorm saved for backward and autograd refuses to differentiate. Feeding norm1/norm2 a
+    copy of x keeps the saved tensor intact. Only done where the block's code has that pattern."""
+    import comfy.ldm.modules.attention as attention
+
+    try:
+        source = inspect.getsource(attention.BasicTransformerBlock)
+    except (OSError, TypeError):
+        source = "x += n"
+    if "x += n" not in source:
+        return
+
+    def copy_input(module, args):
+        return (args[0].clone(),) + tuple(args[1:])
+
+    for module in unet.modules():
+        if isinstance(module, attention.BasicTransformerBlock):
+            for norm in (module.norm1, getattr(module, "norm2", None)):
+                if norm is not None:
+                    norm.register_forward_pre_hook(copy_input)
 
 
 def _checkpoint_blocks(unet) -> None:

@@ -105,6 +105,8 @@ class MotionEmbedding:
 
     def with_strength(self, strength: float, neutral: "MotionEmbedding | None" = None) -> "MotionEmbedding":
         """neutral + strength * (self - neutral); neutral defaults to the all-zero (unconditional) context."""
+        if strength == 1.0:
+            return self  # exactly the learned tokens, not a rounded round trip through neutral
         if neutral is None:
             neutral = MotionEmbedding.neutral(None, self.frames, self.tokens, self.dim)
         if neutral.spatial.shape != self.spatial.shape:

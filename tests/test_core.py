@@ -238,3 +238,20 @@ def test_loss_curve_image():
     assert batch.shape == (1, 320, 640, 3) and batch.dtype == torch.float32
     assert 0 <= float(batch.min()) and float(batch.max()) <= 1
     assert pil_to_image_batch(render_loss_curve([])).shape == (1, 320, 640, 3)
+
+
+def test_core_imports_nothing_from_comfyui():
+    import ast
+    from pathlib import Path
+
+    comfy_modules = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "nodes", "server", "execution", "latent_preview"}
+    core = Path(__file__).resolve().parent.parent / "reenact_core"
+    for path in core.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] not in comfy_modules, f"{path.name} imports {name}"

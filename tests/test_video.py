@@ -627,12 +627,6 @@ def test_fit_frames_rejects_bad_input():
         fit_frames(torch.rand(1, 4, 4, 3), 0, 2)
 
 
-def test_module_has_no_comfyui_imports():
-    import sys
-
-    assert not any(name == "comfy" or name.startswith("comfy.") for name in sys.modules)
-
-
 def test_select_and_resize_image_batch_matches_loader_semantics():
     from reenact_core.video import clip_from_images, select_and_resize
 
