@@ -316,3 +316,63 @@ def test_reference_video_is_listed_for_the_dropdown(comfy, pack, reference):
 def test_too_short_reference_says_what_to_do(comfy, svd, reference):
     with pytest.raises(ValueError, match="lower video_frames"):
         invert(comfy, svd, reference, steps=1, video_frames=9)
+
+
+# ---- the inversion's denoiser is the sampler's model -------------------------------------------------------
+
+
+def test_inversion_denoiser_matches_comfyui_sampler_on_applied_conditioning(comfy, pack, svd, inverted):
+    """What the inversion optimises (ComfySVDDenoiser) is exactly what KSampler/SamplerCustom computes for
+    Apply Motion Embedding's conditioning: same tokens per frame, same temporal set, same image, same
+    fps/motion-bucket conditioning."""
+    embedding = inverted[0]
+    model, _, vae = svd
+    positive, negative, latent = conditioning(comfy, svd)
+    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    seen = {}
+
+    def capture(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
+        seen["x"], seen["sigma"] = x.clone(), sigmas[0]
+        seen["denoised"] = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+        return seen["denoised"]
+
+    g = torch.Generator().manual_seed(5)
+    start = {"samples": torch.randn(FRAMES, 4, SIZE // 8, SIZE // 8, generator=g)}
+    run_node(
+        comfy, "SamplerCustom", model=model, add_noise=True, noise_seed=9, cfg=1.0, positive=pos, negative=neg,
+        sampler=comfy_samplers_ksampler(capture), sigmas=torch.tensor([4.0, 0.0]), latent_image=start,
+    )
+    denoiser_cls = pack.nodes.inversion.ComfySVDDenoiser
+    with torch.inference_mode():
+        denoiser = denoiser_cls(model.model, torch.device("cpu"), fps=6, motion_bucket_id=127, augmentation_level=0.0)
+        image_latent = model.model.process_latent_in(positive[0][1]["concat_latent_image"])[0]
+        ours = denoiser(seen["x"], seen["sigma"], embedding.spatial, embedding.temporal, image_latent)
+    assert ours.shape == seen["denoised"].shape
+    assert torch.allclose(ours, seen["denoised"].float(), atol=1e-4, rtol=1e-4), float((ours - seen["denoised"]).abs().max())
+    # and the check can fail: another frame order gives another result
+    with torch.inference_mode():
+        shuffled = denoiser(seen["x"], seen["sigma"], embedding.spatial.flip(0), embedding.temporal, image_latent)
+    assert not torch.allclose(shuffled, seen["denoised"].float(), atol=1e-4, rtol=1e-4)
+
+
+def comfy_samplers_ksampler(fn):
+    import comfy.samplers as samplers
+
+    return samplers.KSAMPLER(fn)
+
+
+def test_interrupt_stops_inversion_cleanly(comfy, svd, reference):
+    mm = comfy.model_management
+    before = weight_fingerprint(svd[0])
+    loaded_before = len(mm.current_loaded_models)
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            invert(comfy, svd, reference, steps=50)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert weight_fingerprint(svd[0]) == before
+    assert len(mm.current_loaded_models) <= loaded_before + 1  # at most the shared model itself, no private copy
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    embedding, _ = invert(comfy, svd, reference, steps=2)  # the next run works
+    assert torch.isfinite(embedding.spatial).all()
