@@ -15,11 +15,10 @@ import gc
 import inspect
 import logging
 
-import torch
-import torch.utils.checkpoint
-
 import comfy.model_base
 import comfy.model_management
+import torch
+import torch.utils.checkpoint
 
 log = logging.getLogger("reenact_anything")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-import torch
-
 import folder_paths
+import torch
 
 from ..reenact_core.embedding import MotionEmbedding, mix
 from ..reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
-import torch
-
 import comfy.model_management
 import comfy.utils
+import torch
 
 from ..reenact_core.augment import Augmentations
 from ..reenact_core.fileformat import build_metadata

@@ -19,7 +19,7 @@ all-zero context, which is SVD's unconditional (negative) context.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -63,19 +63,19 @@ class MotionEmbedding:
     def dim(self) -> int:
         return self.spatial.shape[2]
 
-    def to(self, *args, **kwargs) -> "MotionEmbedding":
+    def to(self, *args, **kwargs) -> MotionEmbedding:
         return dataclasses.replace(self, spatial=self.spatial.to(*args, **kwargs), temporal=self.temporal.to(*args, **kwargs))
 
-    def detached(self) -> "MotionEmbedding":
+    def detached(self) -> MotionEmbedding:
         return dataclasses.replace(self, spatial=self.spatial.detach().clone(), temporal=self.temporal.detach().clone())
 
-    def with_metadata(self, **updates: object) -> "MotionEmbedding":
+    def with_metadata(self, **updates: object) -> MotionEmbedding:
         merged = dict(self.metadata)
         merged.update({k: str(v) for k, v in updates.items()})
         return dataclasses.replace(self, metadata=merged)
 
     @classmethod
-    def neutral(cls, image_token: torch.Tensor | None, frames: int, tokens: int, dim: int = CONTEXT_DIM) -> "MotionEmbedding":
+    def neutral(cls, image_token: torch.Tensor | None, frames: int, tokens: int, dim: int = CONTEXT_DIM) -> MotionEmbedding:
         """Stock SVD's context for an image with CLIP token ``image_token`` [D] (None: all zeros)."""
         if image_token is None:
             image_token = torch.zeros(dim)
@@ -84,7 +84,7 @@ class MotionEmbedding:
             raise ValueError(f"image token has {token.shape[0]} values, expected {dim}")
         return cls(spatial=token.expand(frames, tokens, dim).clone(), temporal=token.expand(tokens, dim).clone())
 
-    def resample_frames(self, frames: int) -> "MotionEmbedding":
+    def resample_frames(self, frames: int) -> MotionEmbedding:
         """The same motion spread over ``frames`` frames: spatial rows linearly interpolated in time.
 
         The first and last rows stay the first and last frame's tokens (align_corners), so a 14-frame
@@ -103,7 +103,7 @@ class MotionEmbedding:
         spatial = resampled.permute(2, 0, 1).to(self.spatial.dtype).contiguous()
         return dataclasses.replace(self, spatial=spatial)
 
-    def with_strength(self, strength: float, neutral: "MotionEmbedding | None" = None) -> "MotionEmbedding":
+    def with_strength(self, strength: float, neutral: MotionEmbedding | None = None) -> MotionEmbedding:
         """neutral + strength * (self - neutral); neutral defaults to the all-zero (unconditional) context."""
         if strength == 1.0:
             return self  # exactly the learned tokens, not a rounded round trip through neutral

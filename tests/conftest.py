@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def comfy():
-    from support.comfy_env import load_comfyui
+    from devkit.comfy_env import load_comfyui
 
     return load_comfyui()
 
@@ -28,7 +28,7 @@ def pack(comfy):
     if name is None:
         result = comfy.nodes.load_custom_node(str(REPO))
         if inspect.isawaitable(result):
-            from support.comfy_env import _run_coroutine
+            from devkit.comfy_env import _run_coroutine
 
             result = _run_coroutine(result)
         assert result, "ComfyUI failed to load the pack (see the log above)"
@@ -55,7 +55,7 @@ def _loaded_pack_name():
 
 @pytest.fixture(scope="session")
 def svd_checkpoint(comfy):
-    from support.svd_checkpoint import ensure_svd_test_checkpoint
+    from devkit.svd_checkpoint import ensure_svd_test_checkpoint
 
     return ensure_svd_test_checkpoint()
 
@@ -63,7 +63,7 @@ def svd_checkpoint(comfy):
 @pytest.fixture(scope="session")
 def svd(comfy, svd_checkpoint):
     """(model, clip_vision, vae) of the test checkpoint, loaded once by the stock loader node."""
-    from support.comfy_env import register_model_folder, run_node
+    from devkit.comfy_env import register_model_folder, run_node
 
     register_model_folder(comfy, "checkpoints", os.path.dirname(svd_checkpoint))
     return run_node(comfy, "ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(svd_checkpoint))

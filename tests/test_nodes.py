@@ -7,38 +7,19 @@ from __future__ import annotations
 
 import os
 
-import av
-import numpy as np
 import pytest
 import torch
 
-from support.comfy_env import run_node
+from devkit.comfy_env import run_node
+from devkit.media import moving_square_frames, write_video
 
 FRAMES = 4
 SIZE = 64
 
 
-def make_reference_video(path, frames=8, size=SIZE):
-    """A white square moving right over a grey gradient, as H.264 (fallback MPEG-4)."""
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            img = np.tile(np.linspace(40, 160, size, dtype=np.uint8)[None, :, None], (size, 1, 3))
-            x = 4 + 6 * i
-            img[20:36, x : x + 16] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def reference(comfy, pack):
-    make_reference_video(os.path.join(comfy.folder_paths.get_input_directory(), "moving_square.mp4"))
+    write_video(moving_square_frames(8, SIZE), os.path.join(comfy.folder_paths.get_input_directory(), "moving_square.mp4"))
     clip, frames, count = run_node(
         comfy, "LoadMotionReference", video="moving_square.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0, custom_height=0
     )
@@ -48,7 +29,7 @@ def reference(comfy, pack):
 
 @pytest.fixture(scope="module")
 def tiny_clip_vision(comfy):
-    from support.svd_checkpoint import tiny_clip_vision
+    from devkit.svd_checkpoint import tiny_clip_vision
 
     return tiny_clip_vision()
 
@@ -138,7 +119,7 @@ def test_same_seed_same_embedding_and_no_clip_fallback(comfy, svd, reference):
 
 
 def test_inversion_refuses_a_model_that_is_not_svd(comfy, svd, reference):
-    from support.comfy_env import run_node as run
+    from devkit.comfy_env import run_node as run
 
     model, _, vae = svd
     sd15_like = model.clone()

@@ -12,8 +12,9 @@ import os
 
 import pytest
 import torch
-from support.comfy_env import load_comfyui, register_model_folder, run_node
-from support.svd_checkpoint import (
+
+from devkit.comfy_env import load_comfyui, register_model_folder, run_node
+from devkit.svd_checkpoint import (
     ensure_svd_test_checkpoint,
     ensure_svd_xt_test_checkpoint,
     tiny_clip_vision,

@@ -24,12 +24,8 @@ import types
 
 import torch
 
-# Process-wide state, kept outside this module: the helpers may be imported under two names
-# (support.comfy_env and tests.support.comfy_env) and must still share one ComfyUI.
-_STATE = sys.modules.setdefault("_reenact_comfy_env_state", types.ModuleType("_reenact_comfy_env_state"))
-if not hasattr(_STATE, "lock"):
-    _STATE.lock = threading.Lock()
-    _STATE.ns = None
+# One process holds one ComfyUI.
+_STATE = types.SimpleNamespace(lock=threading.Lock(), ns=None)
 
 # Built-in nodes the tests rely on; they live in comfy_extras/ and are not part of nodes.py.
 _REQUIRED_EXTRA_NODES = (

@@ -1,0 +1,57 @@
+"""Small synthetic media for tests and the demo, and writing frames to a video file (PyAV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+
+def video_codec() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def write_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
+    """[T, H, W, 3] floats in [0, 1] (or uint8) -> H.264 MP4 (MPEG-4 where x264 is missing)."""
+    array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    height, width = array.shape[1:3]
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(video_codec(), rate=int(round(fps)))
+        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        stream.pix_fmt = "yuv420p"
+        for frame in array:
+            if frame.shape[:2] != (stream.height, stream.width):
+                frame = np.pad(frame, ((0, stream.height - height), (0, stream.width - width), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def moving_square_frames(frames: int = 8, size: int = 64, step: int = 6, color=(255, 255, 255)) -> np.ndarray:
+    """A square moving right over a grey gradient: [T, size, size, 3] uint8."""
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    side = size // 4
+    for i in range(frames):
+        img = np.tile(np.linspace(40, 160, size, dtype=np.uint8)[None, :, None], (size, 1, 3))
+        x = min(size - side, size // 16 + step * i)
+        top = size // 3
+        img[top : top + side, x : x + side] = color
+        out[i] = img
+    return out
+
+
+def target_image(size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A different scene to animate: a coloured disc on a textured background, IMAGE [1, H, W, 3]."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    background = 0.3 + 0.1 * torch.rand(size, size, 3, generator=g)
+    disc = ((xx + 0.4) ** 2 + yy**2 < 0.12).float()[..., None]
+    color = torch.tensor([0.9, 0.3, 0.1])
+    return (background * (1 - disc) + color * disc)[None].clamp(0, 1)
