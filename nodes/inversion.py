@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 
 import comfy.model_management
 import comfy.utils
@@ -148,7 +149,7 @@ class MotionTextualInversion:
 
         metadata = build_metadata(
             result.embedding,
-            title=f"motion from {motion_reference.source}",
+            title=f"motion from {os.path.basename(motion_reference.source.rstrip('/'))}",  # no local paths in shared files
             steps=steps,
             learning_rate=learning_rate,
             seed=seed,

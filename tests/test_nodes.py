@@ -357,3 +357,19 @@ def test_interrupt_stops_inversion_cleanly(comfy, svd, reference):
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     embedding, _ = invert(comfy, svd, reference, steps=2)  # the next run works
     assert torch.isfinite(embedding.spatial).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_inversion_runs(comfy, svd, reference, precision):
+    # fp16 also exercises the loss scaler; on a GPU "auto" picks one of these
+    options = dict(sigma_log_mean=1.0, sigma_log_std=1.0, eval_draws=1)  # half precision is slow on CPU
+    embedding, _ = invert(comfy, svd, reference, steps=1, precision=precision, options=options)
+    assert torch.isfinite(embedding.spatial).all() and embedding.spatial.dtype == torch.float32
+    assert float(embedding.metadata["final_loss"]) > 0
+
+
+def test_gradient_checkpointing_changes_memory_not_results(comfy, svd, reference):
+    with_ckpt, _ = invert(comfy, svd, reference, steps=2, gradient_checkpointing=True)
+    without, _ = invert(comfy, svd, reference, steps=2, gradient_checkpointing=False)
+    assert torch.allclose(with_ckpt.spatial, without.spatial, atol=1e-6)
+    assert "moving_square.mp4" in with_ckpt.metadata["modelspec.title"] and "/" not in with_ckpt.metadata["modelspec.title"]
