@@ -1,11 +1,13 @@
 """ComfyUI glue: node classes and their registration. The method itself lives in reenact_core."""
 
 from .embeddings import ApplyMotionEmbedding, LoadMotionEmbedding, MixMotionEmbeddings, SaveMotionEmbedding
+from .examples import install_example_inputs
 from .inversion import MotionInversionOptions, MotionTextualInversion
 from .paths import register_folder
 from .reference import LoadMotionReference
 
 register_folder()
+install_example_inputs()
 
 NODE_CLASS_MAPPINGS = {
     "LoadMotionReference": LoadMotionReference,

@@ -8,6 +8,7 @@ import re
 import folder_paths
 
 FOLDER = "motion_embeddings"
+EXAMPLE_EMBEDDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", FOLDER)
 EXTENSIONS = {".safetensors"}
 
 
@@ -16,11 +17,11 @@ def output_folder() -> str:
 
 
 def register_folder() -> None:
-    """models/motion_embeddings and output/motion_embeddings, .safetensors only, so saved files show
-    up in the loader's dropdown. Paths a user configured in extra_model_paths.yaml are kept."""
+    """models/motion_embeddings, output/motion_embeddings and the pack's bundled examples, .safetensors
+    only, so saved files show up in the loader's dropdown. Paths from extra_model_paths.yaml are kept."""
     existing = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]
     paths = list(existing)
-    for path in (os.path.join(folder_paths.models_dir, FOLDER), output_folder()):
+    for path in (os.path.join(folder_paths.models_dir, FOLDER), output_folder(), EXAMPLE_EMBEDDINGS):
         if path not in paths:
             paths.append(path)
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))

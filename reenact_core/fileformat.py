@@ -12,7 +12,7 @@ import json
 import math
 import os
 import struct
-import tempfile
+import uuid
 from pathlib import Path
 
 import safetensors.torch
@@ -95,9 +95,10 @@ def save_embedding(embedding: MotionEmbedding, path: str | os.PathLike) -> Path:
         "temporal": embedding.temporal.detach().to("cpu", torch.float32).contiguous(),
     }
     data = safetensors.torch.save(tensors, metadata=dict(sorted(meta.items())))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A fresh name in the same folder (so the rename is atomic), created with the user's umask.
+    tmp_name = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp_name, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

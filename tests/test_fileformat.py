@@ -42,6 +42,9 @@ def test_round_trip_is_bit_exact_with_full_metadata(tmp_path):
     assert m["modelspec.title"] == "wave" and m["modelspec.architecture"].startswith("stable-video-diffusion")
     assert "modelspec.date" in m
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, readable as usual
     assert load_embedding(save_embedding(embedding(frames=25), tmp_path / "xt.safetensors")).metadata["base_model"] == "svd_xt"
 
 

@@ -1,0 +1,185 @@
+"""A real ComfyUI server with this pack installed, started headless on 127.0.0.1 for tests and the demo.
+
+The pack is installed the way users install it: a folder in a custom_nodes directory (here a symlink
+to this checkout, declared through an extra_model_paths.yaml), with models in folders declared the
+same way. The server is stopped by PID (its whole process group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACK_FOLDER_NAME = "ComfyUI-ReenactAnything"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class PromptRejected(ServerError):
+    """POST /prompt answered 400: the body holds ComfyUI's error and node_errors."""
+
+    def __init__(self, body: dict):
+        super().__init__(json.dumps(body)[:2000])
+        self.body = body
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        base_dir: str | os.PathLike,
+        model_folders: dict[str, str | os.PathLike] | None = None,
+        python: str = sys.executable,
+        extra_args: list[str] | None = None,
+    ):
+        self.root = Path(root).resolve()
+        self.base = Path(base_dir).resolve()
+        self.model_folders = {k: str(v) for k, v in (model_folders or {}).items()}
+        self.python = python
+        self.extra_args = list(extra_args or [])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.client_id = uuid.uuid4().hex
+        for sub in ("input", "output", "temp", "user", "custom_nodes"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        self.log_path = self.base / "server.log"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 180.0) -> ComfyServer:
+        link = self.base / "custom_nodes" / PACK_FOLDER_NAME
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        config = self.base / "extra_model_paths.yaml"
+        lines = ["reenact_test:", f"  base_path: {self.base}", "  custom_nodes: custom_nodes"]
+        lines += [f"  {name}: {path}" for name, path in self.model_folders.items()]
+        config.write_text("\n".join(lines) + "\n")
+        args = [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-auto-launch", "--output-directory", str(self.base / "output"),
+            "--input-directory", str(self.base / "input"), "--temp-directory", str(self.base / "temp"),
+            "--extra-model-paths-config", str(config),
+        ]
+        if "--user-directory" in (self.root / "comfy" / "cli_args.py").read_text():
+            args += ["--user-directory", str(self.base / "user")]
+        args += self.extra_args
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"ComfyUI exited with {self.process.returncode} during start-up:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/LoadMotionReference", timeout=5)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                time.sleep(0.5)
+        self.stop()
+        raise ServerError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=20)
+        self._log.close()
+        self.process = None
+
+    def __enter__(self) -> ComfyServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    def get(self, path: str, timeout: float = 30) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                return response.status, (json.loads(raw) if raw.strip() else {})
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except json.JSONDecodeError:
+                return e.code, {"raw": raw.decode(errors="replace")}
+
+    def queue(self, prompt: dict) -> str:
+        """POST /prompt; returns the prompt id or raises PromptRejected with ComfyUI's node_errors."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        if status != 200:
+            raise PromptRejected(body)
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """Wait until the prompt is in /history; returns its entry (status, outputs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
+            history = self.get(f"/history/{urllib.parse.quote(prompt_id)}")
+            if prompt_id in history:  # ComfyUI adds the entry when the prompt has finished (or failed)
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        return self.wait(self.queue(prompt), timeout)
+
+    def output_path(self, file_info: dict) -> Path:
+        """Path of an output file described as {filename, subfolder, type} in a history entry."""
+        folder = {"output": "output", "temp": "temp", "input": "input"}[file_info.get("type", "output")]
+        return self.base / folder / file_info.get("subfolder", "") / file_info["filename"]
+
+
+def execution_error(entry: dict) -> dict | None:
+    """The execution_error message of a finished history entry, if it failed."""
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None

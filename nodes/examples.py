@@ -1,0 +1,34 @@
+"""Example inputs shipped with the pack, so the example workflows run as soon as the pack is installed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import folder_paths
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+log = logging.getLogger("reenact_anything")
+
+
+def install_example_inputs() -> None:
+    """Copy examples/inputs/* into ComfyUI's input folder where missing (never overwrites)."""
+    source = EXAMPLES / "inputs"
+    if not source.is_dir():
+        return
+    target_dir = Path(folder_paths.get_input_directory())
+    for item in sorted(source.iterdir()):
+        target = target_dir / item.name
+        if target.exists() or not item.is_file():
+            continue
+        tmp = target.with_name(f".{item.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:  # e.g. a read-only input folder: the pack works without examples
+            log.warning("Reenact Anything: could not copy example %s to %s (%s)", item.name, target_dir, exc)
+            tmp.unlink(missing_ok=True)
