@@ -66,6 +66,19 @@ def write_inputs() -> None:
         Image.fromarray(img).save(inputs / f"reenact_example_target_{i}.png", optimize=True)
 
 
+def write_preview() -> None:
+    """docs/example.png for the README: every other reference frame, then the two targets."""
+    frames = reference_frames()[::3]
+    gap = 6
+    strip = np.full((2 * HEIGHT + gap, len(frames) * (WIDTH + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        strip[:HEIGHT, i * (WIDTH + gap) : i * (WIDTH + gap) + WIDTH] = frame
+    for i, target in enumerate(target_images()):
+        strip[HEIGHT + gap :, i * (WIDTH + gap) : i * (WIDTH + gap) + WIDTH] = target
+    (EXAMPLES.parent / "docs").mkdir(exist_ok=True)
+    Image.fromarray(strip).resize((strip.shape[1] // 2, strip.shape[0] // 2), Image.LANCZOS).save(EXAMPLES.parent / "docs" / "example.png", optimize=True)
+
+
 def write_embedding() -> None:
     from devkit.comfy_env import load_comfyui, register_model_folder, run_node
     from devkit.svd_checkpoint import ensure_svd_test_checkpoint
@@ -120,7 +133,8 @@ def main() -> None:
     parser.add_argument("--embedding", action="store_true", help="also regenerate the example embedding (slow, needs COMFYUI_ROOT)")
     args = parser.parse_args()
     write_inputs()
-    print(f"wrote {EXAMPLES / 'inputs'}")
+    write_preview()
+    print(f"wrote {EXAMPLES / 'inputs'} and docs/example.png")
     if args.embedding:
         write_embedding()
 
