@@ -34,6 +34,19 @@ def base_model_for_frames(frames: int) -> str:
     return "svd_xt" if frames == SVD_XT_FRAMES else "svd"
 
 
+def resample_rows(spatial: torch.Tensor, frames: int) -> torch.Tensor:
+    """[F, N, D] -> [frames, N, D], linear in time with the first and last rows kept (differentiable)."""
+    if frames < 1:
+        raise ValueError(f"cannot resample to {frames} frames")
+    if frames == spatial.shape[0]:
+        return spatial
+    if spatial.shape[0] == 1:
+        return spatial.expand(frames, -1, -1)
+    rows = spatial.float().permute(1, 2, 0)  # [N, D, F]: interpolate along the last axis
+    resampled = torch.nn.functional.interpolate(rows, size=frames, mode="linear", align_corners=True)
+    return resampled.permute(2, 0, 1).to(spatial.dtype).contiguous()
+
+
 @dataclasses.dataclass(frozen=True)
 class MotionEmbedding:
     spatial: torch.Tensor  # [F, N, D]: row f -> frame f's spatial cross-attention
@@ -91,17 +104,9 @@ class MotionEmbedding:
         motion played over 25 frames covers the same path, more finely. The temporal set is shared by
         all frames and does not change. ComfyUI would otherwise tile or truncate rows silently.
         """
-        if frames < 1:
-            raise ValueError(f"cannot resample to {frames} frames")
         if frames == self.frames:
             return self
-        rows = self.spatial.float().permute(1, 2, 0)  # [N, D, F]: interpolate along the last axis
-        if self.frames == 1:
-            resampled = rows.expand(-1, -1, frames)
-        else:
-            resampled = torch.nn.functional.interpolate(rows, size=frames, mode="linear", align_corners=True)
-        spatial = resampled.permute(2, 0, 1).to(self.spatial.dtype).contiguous()
-        return dataclasses.replace(self, spatial=spatial)
+        return dataclasses.replace(self, spatial=resample_rows(self.spatial, frames))
 
     def with_strength(self, strength: float, neutral: MotionEmbedding | None = None) -> MotionEmbedding:
         """neutral + strength * (self - neutral); neutral defaults to the all-zero (unconditional) context."""

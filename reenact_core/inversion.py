@@ -21,7 +21,7 @@ import torch
 
 from .augment import Augmentations, conditioning_latent, make_variants
 from .denoiser import Denoiser
-from .embedding import CONTEXT_DIM, DEFAULT_TOKENS, MotionEmbedding
+from .embedding import CONTEXT_DIM, DEFAULT_TOKENS, MotionEmbedding, resample_rows
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0  # SVD's EDM range
 
@@ -176,7 +176,8 @@ def evaluate_loss(
     """Mean EDM loss over fixed (sigma, noise) draws, conditioning on the clip's own first frame."""
     generator = torch.Generator().manual_seed(seed)
     device = clip_latents.device
-    spatial, temporal = embedding.spatial.to(device), embedding.temporal.to(device)
+    spatial = resample_rows(embedding.spatial.to(device), clip_latents.shape[0])
+    temporal = embedding.temporal.to(device)
     total = 0.0
     for sigma in sigmas:
         noise = torch.randn(clip_latents.shape, generator=generator).to(clip_latents)
@@ -196,6 +197,9 @@ def invert(
 ) -> InversionResult:
     """Optimise ``init`` so that ``denoiser`` reconstructs the reference clip; the model stays frozen.
 
+    ``init`` may have fewer spatial rows than the clip has frames: rows are resampled to the clip's F in
+    every forward (one row = one token set shared by all frames, the paper's F'=1 ablation).
+
     Args:
         training_latents: [V, F, C, h, w] from :func:`encode_training_clips` (on the compute device).
         callback: called after every step; raise from it to cancel (nothing is returned then).
@@ -204,8 +208,6 @@ def invert(
     start = time.perf_counter()
     device = training_latents.device
     frames = training_latents.shape[1]
-    if init.frames != frames:
-        raise ValueError(f"initial embedding has {init.frames} frames but the clip has {frames}")
     generator = torch.Generator().manual_seed(config.seed)
     eval_sigmas = evaluation_sigmas(config, config.eval_draws) if config.eval_draws else None
     eval_seed = derived_seed(config.seed, 2)
@@ -232,8 +234,9 @@ def invert(
         sigma = sample_sigma(config, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
 
-        denoised = denoiser(x0 + sigma * noise, sigma, spatial, temporal, image_latent)
-        loss = edm_loss(denoised, x0, sigma)
+        with torch.enable_grad():  # callers may run under no_grad; the tokens still need gradients
+            denoised = denoiser(x0 + sigma * noise, sigma, resample_rows(spatial, frames), temporal, image_latent)
+            loss = edm_loss(denoised, x0, sigma)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise InversionDiverged(
@@ -243,7 +246,8 @@ def invert(
             )
 
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        with torch.enable_grad():
+            scaler.scale(loss).backward()
         if scaler.unscale_and_check(params):
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

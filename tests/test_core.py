@@ -255,3 +255,16 @@ def test_core_imports_nothing_from_comfyui():
                 names = [node.module or ""]
             for name in names:
                 assert name.split(".")[0] not in comfy_modules, f"{path.name} imports {name}"
+
+
+def test_one_shared_row_is_broadcast_to_every_frame():
+    # the paper's F'=1 ablation: one token set for all frames, optimised through the broadcast
+    model, pixels, encode = toy_setup()
+    config = InversionConfig(steps=20, tokens_per_frame=1, learning_rate=5e-2, sigma_log_mean=0.0)
+    latents = encode_training_clips(pixels, encode, config)
+    init = initial_tokens(1, config, torch.Generator().manual_seed(0), dim=DIM)
+    with torch.no_grad():  # the loop enables gradients for itself
+        result = invert(model, latents, init, config)
+    assert result.embedding.spatial.shape == (1, 1, DIM)
+    assert result.final_eval_loss < result.initial_eval_loss
+    assert result.embedding.resample_frames(4).spatial.shape == (4, 1, DIM)
