@@ -17,6 +17,9 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
+# Playwright (requirements-dev.txt) drives the system's Chromium; it must never fetch browsers itself.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+
 setup_venv() {
   if [ ! -x "$PY" ]; then
     log "creating virtualenv in $VENV"
@@ -81,15 +84,44 @@ PYEOF
   fi
 }
 
+# Headless Chromium for the browser test (tests/test_browser.py), from Debian, only when missing.
+setup_browser() {
+  if [ -x /usr/bin/chromium ]; then
+    return
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      log "no /usr/bin/chromium and not root: install it (apt-get install chromium) or the browser test fails"
+      return
+    fi
+    sudo=sudo
+  fi
+  log "installing Debian's chromium for the browser test"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# comfy-cli (for `comfy node validate` / `comfy node pack` in the packaging test) in its own virtualenv,
+# so its pinned dependencies never meet ComfyUI's.
+setup_comfy_cli() {
+  export REENACT_COMFY_CLI="$REENACT_CACHE/comfy-cli/bin/comfy"
+  if [ ! -x "$REENACT_COMFY_CLI" ]; then
+    log "installing comfy-cli (packaging checks) into $REENACT_CACHE/comfy-cli"
+    "${PYTHON:-python3}" -m venv "$REENACT_CACHE/comfy-cli"
+    "$REENACT_CACHE/comfy-cli/bin/python" -m pip install -q --disable-pip-version-check comfy-cli
+  fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
   setup)
-    setup_venv; setup_comfyui
+    setup_venv; setup_comfyui; setup_browser; setup_comfy_cli
     log "ready: python $PY, ComfyUI $COMFYUI_ROOT"
     ;;
   test)
-    setup_venv; setup_comfyui
+    setup_venv; setup_comfyui; setup_browser; setup_comfy_cli
     # pytest runs from tests/ (its rootdir): the repository root is the node pack itself, a package
     # that only imports inside ComfyUI, so it must never be collected. Paths are relative to tests/.
     cd "$HERE/tests"

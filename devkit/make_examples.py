@@ -1,4 +1,4 @@
-"""Regenerate the example inputs shipped in examples/ (deterministic).
+"""Regenerate the example inputs shipped in assets/ (deterministic).
 
     python -m devkit.make_examples            # reference clip and target images (no ComfyUI needed)
     python -m devkit.make_examples --embedding  # also the example embedding (needs COMFYUI_ROOT)
@@ -10,7 +10,6 @@ workflows run out of the box, not because its motion means anything on real SVD.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from PIL import Image
 
 from devkit.media import write_video
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets"
 WIDTH, HEIGHT, FRAMES = 256, 144, 16
 
 
@@ -80,19 +79,14 @@ def write_preview() -> None:
 
 
 def write_embedding() -> None:
-    from devkit.comfy_env import load_comfyui, register_model_folder, run_node
+    from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, register_model_folder, run_node
     from devkit.svd_checkpoint import ensure_svd_test_checkpoint
 
-    repo = EXAMPLES.parent
     with tempfile.TemporaryDirectory() as tmp:
         comfy = load_comfyui(dirs=tmp)
         checkpoint = ensure_svd_test_checkpoint()
         register_model_folder(comfy, "checkpoints", checkpoint.parent)
-        loaded = comfy.nodes.load_custom_node(str(repo))
-        if inspect.isawaitable(loaded):
-            from devkit.comfy_env import _run_coroutine
-
-            _run_coroutine(loaded)
+        pack = load_pack(comfy)
         shutil.copy(EXAMPLES / "inputs" / "reenact_example_reference.mp4", Path(tmp) / "input")
         model, clip_vision, vae = run_node(comfy, "ImageOnlyCheckpointLoader", ckpt_name=checkpoint.name)
         reference, _, _ = run_node(
@@ -112,20 +106,11 @@ def write_embedding() -> None:
                 "modelspec.date": "2026-11-22T00:00:00+00:00",
             }
         )
-        fileformat = __import__(f"{_pack_module_name(repo)}.reenact_core.fileformat", fromlist=["save_embedding"])
+        fileformat = pack_submodule(pack, "reenact_core.fileformat")
         target = EXAMPLES / "motion_embeddings" / "reenact_example_motion.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         fileformat.save_embedding(embedding, target)
         print(f"wrote {target}")
-
-
-def _pack_module_name(repo: Path) -> str:
-    import sys
-
-    for name, module in sys.modules.items():
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == repo / "__init__.py":
-            return name
-    raise RuntimeError("the pack is not loaded")
 
 
 def main() -> None:

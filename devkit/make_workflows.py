@@ -10,7 +10,6 @@ like a workflow saved from it. The thumbnails (.jpg) are screenshots taken by th
 
 from __future__ import annotations
 
-import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -213,7 +212,7 @@ def workflow_invert(g: Graph) -> None:
     preview = g.add("PreviewImage", (800, 160), title="Loss curve")
     g.connect(invert, "motion_embedding", save, "motion_embedding")
     g.connect(invert, "loss_curve", preview, "images")
-    g.note(INVERT_NOTE, (0, 620), (720, 330))
+    g.note(INVERT_NOTE, (0, 700), (720, 330))
 
 
 def workflow_apply(g: Graph) -> None:
@@ -258,14 +257,10 @@ WORKFLOWS_TO_BUILD = {
 
 def node_definitions() -> dict:
     """What /object_info would serve, from an in-process ComfyUI with the pack loaded."""
-    from devkit.comfy_env import load_comfyui
+    from devkit.comfy_env import load_comfyui, load_pack
 
     comfy = load_comfyui(dirs=tempfile.mkdtemp(prefix="reenact-workflows-"))
-    loaded = comfy.nodes.load_custom_node(str(REPO))
-    if inspect.isawaitable(loaded):
-        from devkit.comfy_env import _run_coroutine
-
-        _run_coroutine(loaded)
+    load_pack(comfy)
     out = {}
     for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items():
         if hasattr(cls, "INPUT_TYPES") and hasattr(cls, "RETURN_TYPES"):

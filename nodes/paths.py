@@ -8,7 +8,7 @@ import re
 import folder_paths
 
 FOLDER = "motion_embeddings"
-EXAMPLE_EMBEDDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", FOLDER)
+EXAMPLE_EMBEDDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", FOLDER)
 EXTENSIONS = {".safetensors"}
 
 
@@ -16,15 +16,17 @@ def output_folder() -> str:
     return os.path.join(folder_paths.get_output_directory(), FOLDER)
 
 
+_OURS: set[str] = set()  # paths this module added, so a moved output folder replaces its old entry
+
+
 def register_folder() -> None:
     """models/motion_embeddings, output/motion_embeddings and the pack's bundled examples, .safetensors
-    only, so saved files show up in the loader's dropdown. Paths from extra_model_paths.yaml are kept."""
-    existing = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]
-    paths = list(existing)
-    for path in (os.path.join(folder_paths.models_dir, FOLDER), output_folder(), EXAMPLE_EMBEDDINGS):
-        if path not in paths:
-            paths.append(path)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
+    only, so saved files show up in the loader's dropdown. Paths from extra_model_paths.yaml are kept.
+    Called again before listing: ComfyUI 2024-03 applies --output-directory after importing packs."""
+    configured = [p for p in folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0] if p not in _OURS]
+    ours = [os.path.join(folder_paths.models_dir, FOLDER), output_folder(), EXAMPLE_EMBEDDINGS]
+    _OURS.update(ours)
+    folder_paths.folder_names_and_paths[FOLDER] = (configured + [p for p in ours if p not in configured], set(EXTENSIONS))
     cache = getattr(folder_paths, "filename_list_cache", None)
     if isinstance(cache, dict):
         cache.pop(FOLDER, None)

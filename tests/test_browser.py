@@ -1,0 +1,481 @@
+"""The shipped workflows in ComfyUI's own frontend, in a real (headless) browser.
+
+A real ComfyUI server with the pack installed serves its frontend (the legacy one bundled in ComfyUI
+2024-03, or the comfyui-frontend-package of current ComfyUI); Playwright drives Debian's Chromium
+(`/usr/bin/chromium`, installed by ./dev.sh; Playwright never downloads a browser). For each
+workflows/*.json the page loads the workflow with `app.loadGraphData`, every node type must be
+registered and no error or missing-nodes dialog may show; the pack's upload button must upload a
+video when clicked; the graph is scaled down for CPU by setting widget values in the page (the values
+of devkit/cpu_scale.py), queued with `app.queuePrompt`, and must run to the end with its outputs on
+disk. Uncaught page errors fail the test, and so do console errors not known to be harmless.
+
+Screenshots of each loaded workflow (before queueing) go to $REENACT_BROWSER_ARTIFACTS (default
+$REENACT_CACHE/browser)/<frontend>/: `<workflow>.png` is the graph alone (what
+devkit/make_thumbnails.py turns into workflows/<workflow>.jpg), `<workflow>.page.png` the whole page,
+`<workflow>.console.json` everything the browser console said.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from playwright import sync_api  # requirements-dev.txt; ./dev.sh installs it
+
+from devkit.comfy_server import PACK_FOLDER_NAME, ComfyServer, execution_error
+from devkit.cpu_scale import overrides_for
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CHROMIUM = os.environ.get("REENACT_CHROMIUM", "/usr/bin/chromium")
+# Playwright adds --headless itself (headless=True); the rest keeps Chromium off the network and
+# quiet. Every launch gets a fresh temporary profile.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+SHOT_SCALE, SHOT_MARGIN = 0.75, 24  # graph screenshots (thumbnail material)
+RUN_TIMEOUT = 420.0
+UPLOAD_NAME = "reenact_browser_upload.mp4"
+
+# User settings for the new frontend (it keeps them in the server's user folder; the legacy frontend
+# has no first-run dialog). A fresh user otherwise gets the template browser as a first-run
+# tutorial over the canvas, a release check against api.comfy.org and a minimap over the graph.
+USER_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.Minimap.Visible": False,
+}
+
+# Console errors that say nothing about the pack, each with why. Anything else logged as an error
+# fails the test.
+OPTIONAL_FILES = {
+    # Both frontends probe for optional per-user files; a fresh user folder has none (404).
+    "/user.css": "optional user file the frontend probes for",
+    "/api/userdata/user.css": "optional user file the frontend probes for",
+    "/userdata/comfy.templates.json": "optional user file the frontend probes for",
+    "/api/userdata/comfy.templates.json": "optional user file the frontend probes for",
+    # The browser asks for a favicon the legacy frontend does not have.
+    "/favicon.ico": "the legacy frontend has no favicon",
+}
+FRONTEND_INTERNAL_ERRORS = (
+    # Logged by the new frontend itself during start-up (a Vue computed value in its own bundle reads
+    # app.rootGraph before the graph exists), also with no workflow loaded and the pack's extension
+    # disabled.
+    "ComfyApp graph accessed before initialization",
+)
+
+@pytest.fixture(autouse=True, scope="module")
+def _chromium_present():
+    # A missing browser is a broken setup, not a reason to pass: fail and say how to fix it.
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run ./dev.sh setup (installs Debian's chromium) or set REENACT_CHROMIUM")
+
+
+# -- JavaScript run in the page ------------------------------------------------------------------------
+
+JS_READY = "() => !!(window.app && window.LiteGraph && app.graph && app.canvas && (app.graph._nodes ?? app.graph.nodes ?? []).length > 0)"
+
+# Dialogs over the page; with errors=true also the new frontend's error panel and error toasts (at
+# start-up they show that its default graph's models are missing, which is not ours to judge).
+JS_VISIBLE_DIALOGS = """(errors) => {
+  const selectors = [
+    ".comfy-modal",                       // legacy frontend: error and missing-nodes dialogs
+    ".p-dialog", "[role=dialog]", "[role=alertdialog]",  // new frontend: dialogs (template browser, errors)
+  ];
+  if (errors) {
+    selectors.push("[data-testid=error-overlay]");  // new frontend: missing nodes / models, validation errors
+    selectors.push(".p-toast-message-error");       // new frontend: error toasts
+  }
+  const visible = (e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== "hidden";
+  return [...new Set(document.querySelectorAll(selectors.join(",")))].filter(visible)
+    .map((e) => (e.innerText || e.className || e.tagName).trim().slice(0, 800));
+}"""
+
+JS_GRAPH_STATE = """() => {
+  const nodes = app.graph._nodes ?? app.graph.nodes;
+  return nodes.map((n) => ({
+    id: n.id,
+    type: n.type,
+    registered: !!LiteGraph.registered_node_types[n.type],
+    has_errors: !!n.has_errors,
+    widgets: (n.widgets || []).map((w) => ({ name: w.name, type: w.type, serialize: w.serialize !== false && w.options?.serialize !== false })),
+    widgets_values: n.serialize().widgets_values ?? [],
+  }));
+}"""
+
+JS_SET_WIDGETS = """(values) => {
+  const nodes = app.graph._nodes ?? app.graph.nodes;
+  const missing = [];
+  for (const [id, widgets] of Object.entries(values)) {
+    const node = nodes.find((n) => String(n.id) === id);
+    for (const [name, value] of Object.entries(widgets)) {
+      const widget = node?.widgets?.find((w) => w.name === name);
+      if (!widget) { missing.push(`${id}.${name}`); continue; }
+      widget.value = value;
+    }
+  }
+  app.graph.setDirtyCanvas(true, true);
+  return missing;
+}"""
+
+# The graph's bounds in graph units (title bars included).
+JS_GRAPH_BOUNDS = """() => {
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of app.graph._nodes ?? app.graph.nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  return [x0, y0, x1, y1];
+}"""
+
+# Shows the graph at `scale` in the canvas's top-left corner, makes everything drawn over the canvas
+# transparent except the nodes' own DOM widgets (note text), and returns the graph's rectangle in
+# page pixels.
+JS_FRAME_GRAPH = """async ([[x0, y0, x1, y1], scale, margin]) => {
+  const canvas = app.canvas, el = canvas.canvas, nodes = app.graph._nodes ?? app.graph.nodes;
+  const rect = el.getBoundingClientRect();
+  canvas.ds.scale = scale;
+  canvas.ds.offset[0] = margin / scale - x0;
+  canvas.ds.offset[1] = margin / scale - y0;
+  canvas.show_info = false;
+  const roots = [el];
+  for (const n of nodes) for (const w of n.widgets || []) {
+    const dom = w.element ?? w.inputEl;
+    if (dom instanceof HTMLElement) roots.push(dom);
+  }
+  const keep = new Set();
+  for (const root of roots) for (let e = root; e; e = e.parentElement) keep.add(e);
+  window.__reenactHidden = [];
+  for (const e of keep) {
+    if (roots.includes(e)) continue;
+    for (const child of e.children) {
+      if (!keep.has(child)) { window.__reenactHidden.push([child, child.style.opacity]); child.style.opacity = "0"; }
+    }
+  }
+  canvas.setDirty(true, true);
+  canvas.draw(true, true);
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return { x: rect.left, y: rect.top, width: (x1 - x0) * scale + 2 * margin, height: (y1 - y0) * scale + 2 * margin };
+}"""
+
+JS_UNFRAME = """async () => {
+  for (const [e, v] of window.__reenactHidden || []) e.style.opacity = v;
+  window.__reenactHidden = [];
+  app.canvas.show_info = true;
+  app.canvas.setDirty(true, true);
+}"""
+
+# Zooms to 100 % around Load Motion Reference's upload button; returns its centre in page pixels.
+JS_UPLOAD_BUTTON = """async () => {
+  const canvas = app.canvas, el = canvas.canvas, rect = el.getBoundingClientRect();
+  const node = (app.graph._nodes ?? app.graph.nodes).find((n) => n.type === "LoadMotionReference");
+  const button = node.widgets.find((w) => w.type === "button");
+  const y = button.last_y ?? button.y;
+  const cx = node.pos[0] + node.size[0] / 2, cy = node.pos[1] + y + LiteGraph.NODE_WIDGET_HEIGHT / 2;
+  canvas.ds.scale = 1;
+  canvas.ds.offset[0] = rect.width / 2 - cx;
+  canvas.ds.offset[1] = rect.height / 2 - cy;
+  canvas.setDirty(true, true);
+  canvas.draw(true, true);
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return [rect.left + rect.width / 2, rect.top + rect.height / 2];
+}"""
+
+JS_WIDGET_VALUE = """([type, name]) => (app.graph._nodes ?? app.graph.nodes).find((n) => n.type === type).widgets.find((w) => w.name === name).value"""
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
+
+    root = os.environ.get("COMFYUI_ROOT")
+    if not root:
+        pytest.fail("COMFYUI_ROOT is not set (./dev.sh test sets it up and exports it)")
+    base = tmp_path_factory.mktemp("browser")
+    checkpoints = base / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "svd.safetensors").symlink_to(ensure_svd_test_checkpoint())
+    (checkpoints / "svd_xt.safetensors").symlink_to(ensure_svd_xt_test_checkpoint())
+    user = base / "server" / "user" / "default"
+    # The new frontend lists these folders at start-up; a fresh user folder lacks them (404 noise).
+    for sub in ("workflows", "subgraphs"):
+        (user / sub).mkdir(parents=True, exist_ok=True)
+    (user / "comfy.settings.json").write_text(json.dumps(USER_SETTINGS, indent=2))
+    srv = ComfyServer(root, base / "server", {"checkpoints": checkpoints}, python=sys.executable)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts_root():
+    default = Path(os.environ.get("REENACT_CACHE") or Path.home() / ".cache" / "reenact-anything") / "browser"
+    return Path(os.environ.get("REENACT_BROWSER_ARTIFACTS") or default)
+
+
+@pytest.fixture(scope="module")
+def upload_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("upload") / UPLOAD_NAME
+    shutil.copyfile(REPO / "assets" / "inputs" / "reenact_example_reference.mp4", path)
+    return path
+
+
+class Console:
+    """Everything the page says: console messages (with the URL they concern) and uncaught errors."""
+
+    def __init__(self, page, origin: str):
+        self.origin = origin
+        self.messages: list[dict] = []
+        self.page_errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda error: self.page_errors.append(f"{error}\n{getattr(error, 'stack', '') or ''}".strip()))
+
+    def _on_console(self, message) -> None:
+        self.messages.append({"type": message.type, "text": message.text, "url": (message.location or {}).get("url", "")})
+
+    def harmless(self, message: dict) -> str | None:
+        """Why a console error is harmless, or None."""
+        text, url = message["text"], message["url"]
+        parsed = urllib.parse.urlsplit(url)
+        if text.startswith("Failed to load resource"):
+            if url.startswith(self.origin) and "404" in text and parsed.path in OPTIONAL_FILES:
+                return OPTIONAL_FILES[parsed.path]
+            if "net::" in text and not url.startswith(self.origin):
+                # The new frontend calls api.comfy.org (node registry, releases) and model hosts
+                # (metadata of missing models in its default graph); test machines are offline.
+                return "internet request from an offline test machine"
+        if text.startswith(FRONTEND_INTERNAL_ERRORS):
+            return "logged by the frontend's own start-up"
+        return None
+
+    def errors(self) -> list[dict]:
+        return [m for m in self.messages if m["type"] == "error" and self.harmless(m) is None]
+
+    def report(self) -> list[dict]:
+        return [dict(m, harmless=self.harmless(m)) if m["type"] == "error" else m for m in self.messages]
+
+
+# -- the test ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_file, workflow_path):
+    workflow = json.loads(workflow_path.read_text())
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    console = Console(page, server.url)
+    try:
+        _run_workflow(server, page, console, workflow, workflow_path.stem, artifacts_root, upload_file)
+    finally:
+        frontend = _frontend_label(page)
+        if frontend:
+            folder = artifacts_root / frontend
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{workflow_path.stem}.console.json").write_text(json.dumps(console.report(), indent=2))
+        context.close()
+    for message in console.report():
+        if message["type"] == "error":
+            print(f"console error ({message['harmless'] or 'NOT KNOWN'}): {message['text']} [{message['url']}]")
+    assert not console.page_errors, "uncaught errors in the page:\n" + "\n\n".join(console.page_errors)
+    assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
+
+
+def _frontend_label(page) -> str | None:
+    try:
+        version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? null")
+    except Exception:
+        return None
+    return f"frontend-{version}" if version else "legacy-frontend"
+
+
+def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_file) -> None:
+    page.goto(server.url, wait_until="networkidle")
+    page.wait_for_function(JS_READY, timeout=60_000)
+    assert page.evaluate(JS_VISIBLE_DIALOGS, False) == [], "a dialog covers the page after start-up (first-run tutorial?)"
+    folder = artifacts_root / _frontend_label(page)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    # -- load the workflow the way the UI does; nothing may be missing --------------------------------
+    page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # the new frontend checks models and node packs after loading
+    page.screenshot(path=str(folder / f"{stem}.page.png"))
+    nodes = {str(n["id"]): n for n in page.evaluate(JS_GRAPH_STATE)}
+    assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), "the page's graph has other nodes than the file"
+    unknown = [n["type"] for n in nodes.values() if not n["registered"] or n["has_errors"]]
+    assert not unknown, f"node types missing in the frontend: {unknown}"
+    assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the workflow loads with errors"
+    for saved in workflow["nodes"]:
+        # The frontend serialises widget values as the file has them: nothing shifted. The legacy
+        # frontend also stores a value for widgets that are not part of the prompt (the pack's upload
+        # button, which is therefore the last widget: the values before it keep their places).
+        node, expected = nodes[str(saved["id"])], saved.get("widgets_values", [])
+        values, extra = node["widgets_values"], len(node["widgets_values"]) - len(expected)
+        if extra > 0 and not any(w["serialize"] for w in node["widgets"][-extra:]):
+            values = values[:-extra]
+        assert values == expected, f"node {saved['id']} ({saved['type']}): the page serialises {node['widgets_values']}"
+    for node in nodes.values():
+        if node["type"] == "LoadMotionReference":
+            buttons = [w for w in node["widgets"] if w["type"] == "button"]
+            assert [w["name"] for w in buttons] == ["upload video"], "the pack's upload button is missing"
+            assert node["widgets"][-1]["type"] == "button" and not buttons[0]["serialize"]
+
+    # -- screenshot of the graph alone (thumbnail material) -------------------------------------------
+    # The page grows to hold the whole graph at the workflows' own zoom (75 %; both frontends draw
+    # nodes without text below 60 %), the canvas shows nothing but the graph.
+    bounds = page.evaluate(JS_GRAPH_BOUNDS)
+    size = [math.ceil((bounds[2] - bounds[0]) * SHOT_SCALE) + 2 * SHOT_MARGIN, math.ceil((bounds[3] - bounds[1]) * SHOT_SCALE) + 2 * SHOT_MARGIN]
+    page.set_viewport_size({"width": max(size[0], VIEWPORT["width"]), "height": max(size[1], VIEWPORT["height"])})
+    page.wait_for_timeout(300)
+    clip = page.evaluate(JS_FRAME_GRAPH, [bounds, SHOT_SCALE, SHOT_MARGIN])
+    page.screenshot(path=str(folder / f"{stem}.png"), clip=clip)
+    page.evaluate(JS_UNFRAME)
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(300)
+
+    # -- the pack's upload button: a real click opens a file chooser; the file lands in input/ --------
+    uploaded = None
+    if any(n["type"] == "LoadMotionReference" for n in nodes.values()):
+        before = page.evaluate(JS_WIDGET_VALUE, ["LoadMotionReference", "video"])
+        x, y = page.evaluate(JS_UPLOAD_BUTTON)
+        with page.expect_file_chooser(timeout=10_000) as chooser:
+            page.mouse.click(x, y)
+        chooser.value.set_files(str(upload_file))
+        page.wait_for_function(f"() => ({JS_WIDGET_VALUE})(['LoadMotionReference', 'video']) !== {json.dumps(before)}", timeout=30_000)
+        uploaded = page.evaluate(JS_WIDGET_VALUE, ["LoadMotionReference", "video"])
+        assert (server.base / "input" / uploaded).read_bytes() == upload_file.read_bytes()
+
+    # -- scale down for CPU through the widgets, check the prompt the page builds ---------------------
+    checkpoint = next(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "ImageOnlyCheckpointLoader")
+    overrides = {str(n["id"]): overrides_for(n["type"], checkpoint) for n in workflow["nodes"]}
+    overrides = {k: v for k, v in overrides.items() if v}
+    assert overrides, "nothing to scale down: the CPU overrides no longer match the workflow"
+    assert page.evaluate(JS_SET_WIDGETS, overrides) == [], "widgets named in devkit/cpu_scale.py are missing"
+    prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+    for node_id, values in overrides.items():
+        for name, value in values.items():
+            assert prompt[node_id]["inputs"][name] == value, f"{node_id}.{name}"
+    if uploaded:
+        reference_id = next(k for k, n in nodes.items() if n["type"] == "LoadMotionReference")
+        assert prompt[reference_id]["inputs"]["video"] == uploaded
+        assert "upload video" not in prompt[reference_id]["inputs"]
+
+    # -- queue through the page, wait over HTTP -------------------------------------------------------
+    known = set(server.get("/history"))
+    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    prompt_id, entry = _wait_for_run(server, page, known)
+    error = execution_error(entry)
+    assert error is None, f"the run failed: {json.dumps(error)[:3000]}"
+    assert entry.get("status", {}).get("completed", True), entry.get("status")
+    page.wait_for_timeout(500)  # let the page handle the last execution messages
+    assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the page shows an error after the run"
+
+    # -- outputs on disk --------------------------------------------------------------------------------
+    _check_outputs(server, workflow, overrides, entry)
+
+
+def _wait_for_run(server, page, known: set) -> tuple[str, dict]:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        assert server.alive(), f"ComfyUI died:\n{server.log_tail()}"
+        new = [pid for pid in server.get("/history") if pid not in known]
+        if new:
+            assert len(new) == 1, f"more than one prompt ran: {new}"
+            return new[0], server.get(f"/history/{urllib.parse.quote(new[0])}")[new[0]]
+        queue = server.get("/queue")
+        if not queue.get("queue_running") and not queue.get("queue_pending") and time.monotonic() - started > 15:
+            dialogs = page.evaluate(JS_VISIBLE_DIALOGS, True)
+            pytest.fail(f"nothing was queued; the page shows: {dialogs}\n{server.log_tail(3000)}")
+        time.sleep(0.5)
+    pytest.fail(f"the run did not finish within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
+
+
+def _check_outputs(server, workflow, overrides, entry) -> None:
+    from PIL import Image
+    from safetensors import safe_open
+
+    outputs = entry.get("outputs", {})
+    frames = {n["type"]: overrides.get(str(n["id"]), {}).get("video_frames") for n in workflow["nodes"]}
+    checked = 0
+    for node in workflow["nodes"]:
+        out = outputs.get(str(node["id"]), {})
+        if node["type"] == "SaveAnimatedWEBP":
+            (info,) = out["images"]
+            path = server.output_path(info)
+            with Image.open(path) as image:
+                assert image.format == "WEBP"
+                assert getattr(image, "n_frames", 1) == frames["SVD_img2vid_Conditioning"], path
+            checked += 1
+        elif node["type"] == "SaveMotionEmbedding":
+            (info,) = out["motion_embeddings"]
+            path = server.output_path(info)
+            with safe_open(str(path), framework="pt") as f:
+                assert f.get_slice("spatial").get_shape()[0] == frames["MotionTextualInversion"], path
+                assert f.metadata()["format"] == "reenact-anything/motion-embedding"
+            checked += 1
+        elif node["type"] == "PreviewImage":
+            assert out.get("images"), f"no loss curve from node {node['id']}"
+            assert all(server.output_path(info).is_file() for info in out["images"])
+            checked += 1
+    assert checked, "the workflow has no output node"
+
+
+def test_template_browser_opens_the_pack_workflows(server, browser):
+    """New frontend only: the pack's category in the template browser shows every workflow with its
+    thumbnail, and clicking one loads it. ComfyUI serves a pack's templates from the first of
+    example_workflows/, example/, examples/, workflow/, workflows/ that exists, so no folder named
+    like the earlier ones may exist in the pack (the example inputs live in assets/)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        page.goto(server.url, wait_until="networkidle")
+        page.wait_for_function(JS_READY, timeout=60_000)
+        if not page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? null"):
+            pytest.skip("the legacy frontend has no template browser for custom nodes")
+        listed = server.get("/workflow_templates")
+        assert sorted(listed.get(PACK_FOLDER_NAME, [])) == sorted(p.stem for p in WORKFLOWS)
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.get_by_text(PACK_FOLDER_NAME[:16]).first.click()
+        workflow = WORKFLOWS[0]
+        thumbnails = page.locator(f"img[src*='/workflow_templates/{PACK_FOLDER_NAME}/']")
+        thumbnails.first.wait_for(timeout=10_000)
+        page.wait_for_function(
+            "(prefix) => [...document.querySelectorAll('img')].filter((i) => i.src.includes(prefix)).every((i) => i.complete && i.naturalWidth > 0)",
+            arg=f"/workflow_templates/{PACK_FOLDER_NAME}/",
+            timeout=10_000,
+        )
+        page.get_by_text(workflow.stem, exact=True).first.click()
+        expected = sorted(n["type"] for n in json.loads(workflow.read_text())["nodes"])
+        page.wait_for_function(
+            "(expected) => JSON.stringify((app.graph._nodes ?? app.graph.nodes).map((n) => n.type).sort()) === JSON.stringify(expected)",
+            arg=expected,
+            timeout=10_000,
+        )
+    finally:
+        context.close()
