@@ -173,7 +173,8 @@ class ComfyServer:
 
     def output_path(self, file_info: dict) -> Path:
         """Path of an output file described as {filename, subfolder, type} in a history entry."""
-        folder = {"output": "output", "temp": "temp", "input": "input"}[file_info.get("type", "output")]
+        # ComfyUI puts its temp folder one level below --temp-directory (main.py joins "temp" to it).
+        folder = {"output": "output", "temp": "temp/temp", "input": "input"}[file_info.get("type", "output")]
         return self.base / folder / file_info.get("subfolder", "") / file_info["filename"]
 
 
