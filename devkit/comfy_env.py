@@ -36,7 +36,7 @@ _REQUIRED_EXTRA_NODES = (
 )
 
 
-def load_comfyui(root: str | None = None, dirs: str | None = None) -> types.SimpleNamespace:
+def load_comfyui(root: str | None = None, dirs: str | None = None, **cli_args) -> types.SimpleNamespace:
     """Import the ComfyUI at ``root`` (default: env COMFYUI_ROOT) and return its main modules.
 
     ``dirs`` (default: env REENACT_TEST_DIRS, else a fresh temp dir) receives ComfyUI's output, temp,
@@ -73,6 +73,8 @@ def load_comfyui(root: str | None = None, dirs: str | None = None) -> types.Simp
         if "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
             raise RuntimeError("comfy.model_management was imported before load_comfyui could force --cpu")
         comfy.cli_args.args.cpu = True
+        for name, value in cli_args.items():  # e.g. use_pytorch_cross_attention=True, before any model code loads
+            setattr(comfy.cli_args.args, name, value)
 
         import folder_paths
 
@@ -146,9 +148,12 @@ def _refuse_foreign_modules(root: str) -> None:
     # A `nodes` / `folder_paths` / `comfy` imported from somewhere else would be silently reused.
     for name in ("nodes", "folder_paths", "comfy"):
         mod = sys.modules.get(name)
-        where = getattr(mod, "__file__", None) if mod is not None else None
-        if mod is not None and (where is None or not os.path.realpath(where).startswith(root + os.sep)):
-            raise RuntimeError(f"module {name!r} is already imported from {where or mod!r}, not from {root}")
+        if mod is None:
+            continue
+        # `comfy` is a namespace package in 2024-03 (no __file__): judge it by its search path.
+        places = [mod.__file__] if getattr(mod, "__file__", None) else list(getattr(mod, "__path__", []))
+        if not places or not all(os.path.realpath(p).startswith(root + os.sep) for p in places):
+            raise RuntimeError(f"module {name!r} is already imported from {places or mod!r}, not from {root}")
 
 
 def _set_directories(folder_paths, dirs: str | None) -> str:
@@ -231,3 +236,34 @@ def _version(root: str) -> str:
     if os.path.realpath(mod.__file__).startswith(root + os.sep) and hasattr(mod, "__version__"):
         return str(mod.__version__)
     return "unknown"
+
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_pack(ns: types.SimpleNamespace) -> types.ModuleType:
+    """Load this repository into the imported ComfyUI with ComfyUI's own custom-node loader (once) and
+    return the pack's module. ComfyUI names it after its folder (2024) or its full path (2025+)."""
+    module = _pack_module()
+    if module is None:
+        loaded = ns.nodes.load_custom_node(PACK_ROOT)
+        if inspect.isawaitable(loaded):
+            loaded = _run_coroutine(loaded)
+        module = _pack_module()
+        if not loaded or module is None:
+            raise RuntimeError("ComfyUI failed to load the node pack (see the log above)")
+    return module
+
+
+def pack_submodule(pack: types.ModuleType, name: str) -> types.ModuleType:
+    """A submodule of the loaded pack, e.g. pack_submodule(pack, "reenact_core.fileformat")."""
+    return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+def _pack_module() -> types.ModuleType | None:
+    init = os.path.join(PACK_ROOT, "__init__.py")
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.realpath(path) == os.path.realpath(init):
+            return module
+    return None

@@ -121,7 +121,7 @@ def tiny_clip_vision(seed: int = 0):
         with open(path, "w") as f:
             json.dump(config, f)
         clip = comfy.clip_vision.ClipVisionModel(path)
-    _init_params(clip.model, torch.Generator().manual_seed(seed))
+    init_params(clip.model, torch.Generator().manual_seed(seed))
     return clip
 
 
@@ -190,7 +190,7 @@ def _unet_state_dict(seed: int) -> dict:
     with _quiet():
         model = comfy.supported_models.SVD_img2vid(config).get_model({})
     unet = model.diffusion_model.float()
-    _init_params(unet, torch.Generator().manual_seed(seed), gain=_unet_gain)
+    init_params(unet, torch.Generator().manual_seed(seed), gain=_unet_gain)
     sd = unet.state_dict()
     detected = comfy.model_detection.model_config_from_unet({_UNET_PREFIX + k: v for k, v in sd.items()}, _UNET_PREFIX)
     if type(detected) is not comfy.supported_models.SVD_img2vid:
@@ -213,7 +213,7 @@ def _vae_state_dict(seed: int) -> dict:
     with _quiet():
         vae = comfy.sd.VAE(sd={"decoder.mid.block_1.mix_factor": torch.zeros(1)})
     ae = vae.first_stage_model.float()
-    _init_params(ae, torch.Generator().manual_seed(seed))
+    init_params(ae, torch.Generator().manual_seed(seed))
     return ae.state_dict()
 
 
@@ -227,7 +227,7 @@ def _clip_vision_state_dict(seed: int) -> dict:
     # fp16 from the start: 632 M parameters in fp32 would cost 2.5 GB. Values are drawn in fp32 and
     # rounded on copy, exactly like an fp32 build cast afterwards.
     model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float16, "cpu", comfy.ops.manual_cast)
-    _init_params(model, torch.Generator().manual_seed(seed))
+    init_params(model, torch.Generator().manual_seed(seed))
     hf = model.state_dict()
     open_clip = _to_open_clip(hf, config["num_hidden_layers"])
     # The key mapping must be the exact inverse of what the loader applies.
@@ -266,7 +266,7 @@ def _to_open_clip(hf: dict, layers: int) -> dict:
 # --- initialisation ------------------------------------------------------------------------------
 
 
-def _init_params(module: torch.nn.Module, gen: torch.Generator, gain=lambda name: 1.0) -> None:
+def init_params(module: torch.nn.Module, gen: torch.Generator, gain=lambda name: 1.0) -> None:
     """Fill every parameter, in sorted-name order, from ``gen`` (values drawn in fp32).
 
     Norms: weight 1, bias 0. Biases 0. Linear/conv weights: N(0, 1) * gain / sqrt(fan_in), which keeps

@@ -9,7 +9,6 @@ pipeline is real; the pictures are noise until a trained model is used.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import shutil
 import sys
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=4, help="video frames")
     args = parser.parse_args(argv)
 
-    from devkit.comfy_env import load_comfyui, register_model_folder, run_node
+    from devkit.comfy_env import load_comfyui, load_pack, register_model_folder, run_node
     from devkit.media import moving_square_frames, target_image, write_video
     from devkit.svd_checkpoint import ensure_svd_test_checkpoint
 
@@ -39,14 +38,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     checkpoint = ensure_svd_test_checkpoint()
     register_model_folder(comfy, "checkpoints", checkpoint.parent)
-    loaded = comfy.nodes.load_custom_node(str(REPO))
-    if inspect.isawaitable(loaded):
-        from devkit.comfy_env import _run_coroutine
-
-        loaded = _run_coroutine(loaded)
-    if not loaded:
-        print("ComfyUI could not load the node pack; see the log above", file=sys.stderr)
-        return 1
+    load_pack(comfy)
 
     size, frames = args.size, args.frames
     write_video(moving_square_frames(8, size, step=max(1, size // 12)), Path(comfy.folder_paths.get_input_directory()) / "reference.mp4")

@@ -3,9 +3,7 @@ nodes, and the deterministic random-weight SVD test checkpoint."""
 
 from __future__ import annotations
 
-import inspect
 import os
-import sys
 import types
 from pathlib import Path
 
@@ -24,33 +22,17 @@ def comfy():
 @pytest.fixture(scope="session")
 def pack(comfy):
     """This repository loaded by ComfyUI's own custom-node loader; returns the pack's modules."""
-    name = _loaded_pack_name()
-    if name is None:
-        result = comfy.nodes.load_custom_node(str(REPO))
-        if inspect.isawaitable(result):
-            from devkit.comfy_env import _run_coroutine
+    from devkit.comfy_env import load_pack, pack_submodule
 
-            result = _run_coroutine(result)
-        assert result, "ComfyUI failed to load the pack (see the log above)"
-        name = _loaded_pack_name()
-    module = sys.modules[name]
+    module = load_pack(comfy)
     return types.SimpleNamespace(
         module=module,
-        name=name,
-        nodes=sys.modules[f"{name}.nodes"],
-        embedding=sys.modules[f"{name}.reenact_core.embedding"],
-        fileformat=sys.modules[f"{name}.reenact_core.fileformat"],
-        video=sys.modules[f"{name}.reenact_core.video"],
+        name=module.__name__,
+        nodes=pack_submodule(module, "nodes"),
+        embedding=pack_submodule(module, "reenact_core.embedding"),
+        fileformat=pack_submodule(module, "reenact_core.fileformat"),
+        video=pack_submodule(module, "reenact_core.video"),
     )
-
-
-def _loaded_pack_name():
-    """ComfyUI registers the pack under its folder name (2024) or its full path (2025+)."""
-    init = REPO / "__init__.py"
-    for name, module in list(sys.modules.items()):
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == init:
-            return name
-    return None
 
 
 @pytest.fixture(scope="session")
