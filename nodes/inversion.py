@@ -40,6 +40,7 @@ class MotionInversionOptions:
                 "schedule": (["constant", "cosine"], {"default": d.schedule, "tooltip": "Learning rate after warm-up: constant, or cosine decay to zero."}),
                 "weight_decay": ("FLOAT", {"default": d.weight_decay, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "AdamW weight decay (pulls tokens towards the empty context)."}),
                 "grad_clip": ("FLOAT", {"default": d.grad_clip, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Clip the embedding's gradient norm to this; 0 = off."}),
+                "per_frame_tokens": ("BOOLEAN", {"default": d.per_frame_tokens, "tooltip": "On: every frame has its own tokens (the method). Off: one token set shared by all frames (the paper's F'=1 ablation)."}),
                 "init_noise": ("FLOAT", {"default": d.init_noise, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": "Noise on the initial tokens (relative); keeps the N tokens of a frame from staying identical."}),
                 "hflip": ("BOOLEAN", {"default": a.hflip, "tooltip": "Also train on the mirrored clip. Mirrors the motion too: only for left/right-symmetric motions."}),
                 "crop_scale": ("FLOAT", {"default": a.crop_scale, "min": 0.1, "max": 1.0, "step": 0.05, "tooltip": "Random crops keeping at least this fraction of each side (1 = off). Fights layout leakage."}),

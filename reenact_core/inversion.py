@@ -39,6 +39,7 @@ class InversionConfig:
     weight_decay: float = 0.0  # AdamW decay pulls tokens towards zero, the unconditional context
     grad_clip: float = 1.0  # max gradient norm of the embedding; 0 = off
     tokens_per_frame: int = DEFAULT_TOKENS
+    per_frame_tokens: bool = True  # False: one token set shared by all frames (the paper's F'=1 ablation)
     sigma_log_mean: float = 2.8  # log-normal noise levels; unofficial implementation's setting
     sigma_log_std: float = 1.6
     init_noise: float = 0.1  # noise on the initial tokens (relative to their std); breaks their symmetry
@@ -120,19 +121,21 @@ def initial_tokens(
     the shared set at frame 0's (what stock SVD's temporal layers see), each repeated N times.
     Without them (documented fallback): the all-zero context, SVD's unconditional input.
     Either way small noise is added: N identical tokens would get identical gradients forever and act
-    as a single token.
+    as a single token. With ``per_frame_tokens`` off there is one spatial row (the mean embedding).
     """
     n = config.tokens_per_frame
+    rows = frames if config.per_frame_tokens else 1
     if frame_image_embeds is not None:
         embeds = frame_image_embeds.detach().float().cpu()
         if embeds.shape != (frames, dim):
             raise ValueError(f"frame image embeddings must be [{frames}, {dim}], got {tuple(embeds.shape)}")
         scale = float(embeds.std()) if embeds.numel() > 1 else 1.0
-        spatial = embeds[:, None, :].expand(frames, n, dim)
+        row_embeds = embeds if config.per_frame_tokens else embeds.mean(0, keepdim=True)
+        spatial = row_embeds[:, None, :].expand(rows, n, dim)
         temporal = embeds[0][None, :].expand(n, dim)
     else:
         scale = 1.0
-        spatial = torch.zeros(frames, n, dim)
+        spatial = torch.zeros(rows, n, dim)
         temporal = torch.zeros(n, dim)
     noise = config.init_noise * scale
     spatial = spatial + noise * torch.randn(spatial.shape, generator=generator)

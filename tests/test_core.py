@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -262,7 +263,8 @@ def test_one_shared_row_is_broadcast_to_every_frame():
     model, pixels, encode = toy_setup()
     config = InversionConfig(steps=20, tokens_per_frame=1, learning_rate=5e-2, sigma_log_mean=0.0)
     latents = encode_training_clips(pixels, encode, config)
-    init = initial_tokens(1, config, torch.Generator().manual_seed(0), dim=DIM)
+    init = initial_tokens(4, dataclasses.replace(config, per_frame_tokens=False), torch.Generator().manual_seed(0), dim=DIM)
+    assert init.spatial.shape == (1, 1, DIM)
     with torch.no_grad():  # the loop enables gradients for itself
         result = invert(model, latents, init, config)
     assert result.embedding.spatial.shape == (1, 1, DIM)
