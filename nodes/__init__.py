@@ -3,6 +3,7 @@
 from .embeddings import ApplyMotionEmbedding, LoadMotionEmbedding, MixMotionEmbeddings, SaveMotionEmbedding
 from .examples import install_example_inputs
 from .inversion import MotionInversionOptions, MotionTextualInversion
+from .motion_world import MotionWorldLoader
 from .paths import register_folder
 from .reference import LoadMotionReference
 
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "LoadMotionEmbedding": LoadMotionEmbedding,
     "ApplyMotionEmbedding": ApplyMotionEmbedding,
     "MixMotionEmbeddings": MixMotionEmbeddings,
+    "MotionWorldLoader": MotionWorldLoader,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -27,4 +29,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadMotionEmbedding": "Load Motion Embedding",
     "ApplyMotionEmbedding": "Apply Motion Embedding",
     "MixMotionEmbeddings": "Mix Motion Embeddings",
+    "MotionWorldLoader": "Load Motion World (demo model)",
 }

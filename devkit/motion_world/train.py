@@ -1,0 +1,348 @@
+"""Train Motion World: a small SVD-interface image-to-video model on synthetic sprite motion (CPU).
+
+    COMFYUI_ROOT=... python -m devkit.motion_world.train --out models/motion_world.safetensors
+
+Two stages, both deterministic for a seed:
+
+1. An autoencoder in ComfyUI's AutoencoderKL format (4 latent channels, 8x downsampling, as SVD's nodes
+   expect), trained on rendered frames; made deterministic (no posterior noise) and rescaled so that
+   ComfyUI's SD1.5 latent scaling (x0.18215) gives unit-variance latents.
+2. The video UNet, built from ComfyUI's own SVD_img2vid classes, trained with SVD's EDM v-prediction
+   loss on the autoencoder's latents, conditioned like SVD: the first frame's latent concatenated to
+   the noisy latents, fps/motion-bucket micro-conditioning, and a cross-attention context in every
+   transformer block (per frame for the spatial layers, one shared set for the temporal layers).
+
+The deliberate simplification of SVD: with ``--context motion`` (the default model) the context is
+made of motion tokens (a small encoder of each frame's displacement and scale, plus a summary token
+for the whole trajectory), dropped to the all-zero context part of the time. With ``--context
+appearance`` (the SVD-like variant) the context is an embedding of the first frame only, as SVD's CLIP
+token is, and motion is left to the model's prior.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from devkit.motion_world import world
+
+REPO = Path(__file__).resolve().parents[2]
+LATENT_SCALE = 0.18215  # ComfyUI's SD1.5 latent format, which SVD_img2vid uses
+FORMAT = "reenact-anything/motion-world"
+
+VAE_CONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+}
+
+
+def unet_config(context_dim: int, channels: int) -> dict:
+    """A two-level SVD UNet (same blocks as SVD: spatial+temporal transformers, temporal resblocks)."""
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8, "out_channels": 4,
+        "model_channels": channels, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+        "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True, "context_dim": context_dim, "num_head_channels": 32,
+        "extra_ff_mix_layer": True, "use_spatial_context": True, "merge_strategy": "learned_with_images",
+        "merge_factor": 0.0, "video_kernel_size": [3, 1, 1], "use_temporal_resblock": True, "use_temporal_attention": True,
+    }
+
+
+def clip_vision_config(context_dim: int) -> dict:
+    """A tiny CLIP-vision tower (ComfyUI's class) whose image embedding has the context width."""
+    return {
+        "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64, "image_size": 224,
+        "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
+        "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
+        "patch_size": 32, "projection_dim": context_dim, "torch_dtype": "float32",
+    }
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    seed: int = 0
+    context: str = "motion"  # "motion" (default model) or "appearance" (SVD-like variant)
+    frames: int = 8
+    size: int = 64
+    context_dim: int = 64
+    tokens: int = 2  # tokens per frame in the motion context
+    channels: int = 64
+    ae_steps: int = 1500
+    ae_batch: int = 48
+    ae_lr: float = 2e-3
+    clips: int = 6000  # pre-rendered training clips for the UNet stage
+    unet_steps: int = 4000
+    unet_batch: int = 12
+    unet_lr: float = 1e-3
+    ema: float = 0.998
+    p_null: float = 0.15  # context dropped to all zeros (what classifier-free guidance needs)
+    sigma_log_mean: float = 0.5  # training noise levels, log-normal (SVD-like: biased to high noise)
+    sigma_log_std: float = 1.4
+
+
+class MotionEncoder(nn.Module):
+    """Motion tokens from a trajectory's features: N per frame (spatial context) + N shared (temporal)."""
+
+    def __init__(self, dim: int, tokens: int, hidden: int = 128, freqs: int = 6):
+        super().__init__()
+        self.tokens, self.dim = tokens, dim
+        self.register_buffer("freqs", 2.0 ** torch.arange(freqs) * math.pi)
+        per_frame_in = len(world.PER_FRAME_FEATURES) * (1 + 2 * freqs)
+        summary_in = len(world.SUMMARY_FEATURES) * (1 + 2 * freqs)
+        self.frame_mlp = nn.Sequential(nn.Linear(per_frame_in, hidden), nn.SiLU(), nn.Linear(hidden, tokens * dim))
+        self.summary_mlp = nn.Sequential(nn.Linear(summary_in, hidden), nn.SiLU(), nn.Linear(hidden, tokens * dim))
+
+    def _fourier(self, x: torch.Tensor) -> torch.Tensor:
+        angles = x[..., None] * self.freqs
+        return torch.cat([x, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+
+    def forward(self, per_frame: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spatial = self.frame_mlp(self._fourier(per_frame)).unflatten(-1, (self.tokens, self.dim))  # [B, F, N, D]
+        temporal = self.summary_mlp(self._fourier(summary)).unflatten(-1, (self.tokens, self.dim))  # [B, N, D]
+        return spatial, temporal
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def render_batch(rng: np.random.Generator, count: int, frames: int, size: int):
+    clips = [world.sample_training_clip(rng, frames, size) for _ in range(count)]
+    pixels = torch.stack([c.frames for c in clips])  # [B, F, H, W, 3]
+    feats = [world.trajectory_features((c.centers - c.centers[0]).numpy() / size, c.scales.numpy(), _bg_shift(c, size)) for c in clips]
+    per_frame = torch.from_numpy(np.stack([f["per_frame"] for f in feats]))
+    summary = torch.from_numpy(np.stack([f["summary"] for f in feats]))
+    return pixels, per_frame, summary
+
+
+def _bg_shift(clip, size):
+    if clip.motion.family != "pan":
+        return None
+    return (clip.centers - clip.centers[0]).numpy() / size  # the camera moves content and sprite together
+
+
+def ae_encode_mean(ae, pixels: torch.Tensor) -> torch.Tensor:
+    """Deterministic latent (posterior mean) of [B, H, W, 3] pixels in [0, 1]."""
+    moments = ae.quant_conv(ae.encoder(pixels.movedim(-1, 1) * 2 - 1))
+    return moments[:, : moments.shape[1] // 2]
+
+
+def ae_decode(ae, latents: torch.Tensor) -> torch.Tensor:
+    return ((ae.decoder(ae.post_quant_conv(latents)) + 1) / 2).movedim(1, -1)
+
+
+def zero_output_gain(name: str) -> float:
+    """Zero-initialise residual outputs so every block starts as the identity (standard for diffusion UNets)."""
+    if name.startswith("out.") or name.endswith(("proj_out.weight", "out_layers.3.weight", "to_out.0.weight")):
+        return 0.0
+    return 1.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(VAE_CONFIG)
+    ae = vae.first_stage_model.float().train()
+    init_params(ae, torch.Generator().manual_seed(cfg.seed), zero_output_gain)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    start = time.perf_counter()
+    for step in range(cfg.ae_steps):
+        lr = cfg.ae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.ae_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        clips = max(1, cfg.ae_batch // cfg.frames)
+        pixels, _, _ = render_batch(rng, clips, cfg.frames, cfg.size)
+        x = pixels.flatten(0, 1)
+        z = ae_encode_mean(ae, x)
+        recon = ae_decode(ae, z)
+        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean() + 1e-6 * (z**2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == cfg.ae_steps - 1:
+            log(f"autoencoder step {step + 1}/{cfg.ae_steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+    ae.eval()
+    _make_deterministic_and_scaled(ae, cfg)
+    return ae
+
+
+@torch.no_grad()
+def _make_deterministic_and_scaled(ae: nn.Module, cfg: TrainConfig) -> None:
+    """No posterior noise (ComfyUI samples the posterior when encoding), and latent std = 1/0.18215."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    pixels, _, _ = render_batch(rng, 64, cfg.frames, cfg.size)
+    std = float(ae_encode_mean(ae, pixels.flatten(0, 1)).std())
+    factor = (1.0 / LATENT_SCALE) / std
+    z = ae.quant_conv.weight.shape[0] // 2
+    ae.quant_conv.weight[:z] *= factor
+    ae.quant_conv.bias[:z] *= factor
+    ae.quant_conv.weight[z:] = 0.0
+    ae.quant_conv.bias[z:] = -30.0  # log-variance: std e^-15, no sampling noise
+    ae.post_quant_conv.weight /= factor
+    log(f"autoencoder latents rescaled by {factor:.3f} (raw std was {std:.3f})")
+
+
+@torch.no_grad()
+def build_dataset(cfg: TrainConfig, ae: nn.Module):
+    rng = np.random.default_rng(cfg.seed + 2)
+    latents, per_frame, summary, first_frames = [], [], [], []
+    for start in range(0, cfg.clips, 100):
+        pixels, pf, sm = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
+        latents.append(ae_encode_mean(ae, pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2]))
+        per_frame.append(pf)
+        summary.append(sm)
+        first_frames.append(pixels[:, 0])
+    log(f"dataset: {cfg.clips} clips encoded")
+    return torch.cat(latents), torch.cat(per_frame), torch.cat(summary), torch.cat(first_frames)
+
+
+def train_unet(cfg: TrainConfig, ae, builders, init_params, protect):
+    build_unet, build_clip_vision = builders
+    torch.manual_seed(cfg.seed + 3)
+    base = build_unet(unet_config(cfg.context_dim, cfg.channels)).float()
+    init_params(base.diffusion_model, torch.Generator().manual_seed(cfg.seed + 3), zero_output_gain)
+    protect(base.diffusion_model)
+    base.train()
+    encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
+    clip = build_clip_vision(clip_vision_config(cfg.context_dim))
+    clip_model = clip.model.float()
+    init_params(clip_model, torch.Generator().manual_seed(cfg.seed + 4))
+    if cfg.context == "motion":  # the motion model's CLIP vision says nothing: its image token is the null context
+        torch.nn.init.zeros_(clip_model.visual_projection.weight)
+        trainable_clip = []
+    else:
+        trainable_clip = list(clip_model.parameters())
+
+    latents, per_frame, summary, first_frames = build_dataset(cfg, ae)
+    adm = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
+    params = list(base.diffusion_model.parameters()) + list(encoder.parameters()) + trainable_clip
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    ema = copy.deepcopy(base.diffusion_model).requires_grad_(False)
+    ema_encoder = copy.deepcopy(encoder).requires_grad_(False)
+    ema_clip = copy.deepcopy(clip_model).requires_grad_(False)
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    f, d = cfg.frames, cfg.context_dim
+    start = time.perf_counter()
+    history = []
+    for step in range(cfg.unet_steps):
+        lr = cfg.unet_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        raw = latents[idx]  # [B, F, 4, h, w]
+        b = raw.shape[0]
+        x0 = raw.flatten(0, 1) * LATENT_SCALE
+        concat = raw[:, :1].expand(-1, f, -1, -1, -1).flatten(0, 1)
+        sigma = (cfg.sigma_log_mean + cfg.sigma_log_std * torch.randn(b, generator=gen)).exp().clamp(0.002, 700.0)
+        sigma_frames = sigma.repeat_interleave(f)
+        noisy = x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+        if cfg.context == "motion":
+            spatial, temporal = encoder(per_frame[idx], summary[idx])
+        else:
+            pixels = first_frames[idx]
+            token = clip_model(pixel_values=_clip_pixels(pixels))[2]  # [B, D] image embedding
+            spatial = token[:, None, None, :].expand(b, f, 1, d)
+            temporal = token[:, None, :]
+        keep = (torch.rand(b, generator=gen) >= cfg.p_null).float()
+        spatial = spatial * keep[:, None, None, None]
+        temporal = temporal * keep[:, None, None]
+        context = spatial.flatten(0, 1)
+        time_context = temporal[:, None].expand(-1, f, -1, -1).flatten(0, 1)
+        out = base.apply_model(
+            noisy, sigma_frames, c_concat=concat, c_crossattn=context, time_context=time_context,
+            y=adm.expand(b * f, -1), num_video_frames=f,
+        )
+        weight = (sigma_frames**2 + 1) / sigma_frames**2
+        loss = (weight[:, None, None, None] * (out - x0) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for target, source in ((ema, base.diffusion_model), (ema_encoder, encoder), (ema_clip, clip_model)):
+                for pe, ps in zip(target.parameters(), source.parameters(), strict=True):
+                    pe.lerp_(ps, 1 - decay)
+        history.append(loss.item())
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            recent = sum(history[-100:]) / len(history[-100:])
+            log(f"unet step {step + 1}/{cfg.unet_steps} loss {recent:.4f} lr {lr:.2e} ({time.perf_counter() - start:.0f} s)")
+    return ema, ema_encoder, ema_clip, history
+
+
+def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's CLIP preprocessing (resize to 224, normalise), differentiable."""
+    import comfy.clip_vision
+
+    return comfy.clip_vision.clip_preprocess(pixels).float()
+
+
+def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, seconds: float) -> None:
+    import safetensors.torch
+
+    tensors = {}
+    tensors.update({f"model.diffusion_model.{k}": v.half() for k, v in unet.state_dict().items()})
+    tensors.update({f"first_stage_model.{k}": v.half() for k, v in ae.state_dict().items()})
+    tensors.update({f"clip_vision.{k}": v.half() for k, v in clip_model.state_dict().items()})
+    tensors.update({f"motion_encoder.{k}": v.float() for k, v in encoder.state_dict().items()})
+    metadata = {
+        "format": FORMAT,
+        "unet_config": json.dumps(unet_config(cfg.context_dim, cfg.channels), sort_keys=True),
+        "vae_config": json.dumps(VAE_CONFIG, sort_keys=True),
+        "clip_vision_config": json.dumps(clip_vision_config(cfg.context_dim), sort_keys=True),
+        "train_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "frames": str(cfg.frames),
+        "size": str(cfg.size),
+        "context": cfg.context,
+        "final_loss": f"{sum(history[-200:]) / len(history[-200:]):.5f}",
+        "train_seconds": f"{seconds:.0f}",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    log(f"saved {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "models" / "motion_world.safetensors")
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from devkit.comfy_env import load_comfyui, load_pack, pack_submodule
+    from devkit.svd_checkpoint import init_params
+
+    comfy = load_comfyui(use_pytorch_cross_attention=True)
+    pack = load_pack(comfy)
+    mw = pack_submodule(pack, "nodes.motion_world")
+    protect = pack_submodule(pack, "nodes.comfy_denoiser")._protect_saved_norm_inputs
+    log(f"training Motion World ({cfg.context} context) with {json.dumps(dataclasses.asdict(cfg))}")
+    start = time.perf_counter()
+    ae = train_autoencoder(cfg, mw.build_vae, init_params)
+    unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect)
+    save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
