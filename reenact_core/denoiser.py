@@ -14,7 +14,8 @@ The same tokens go to every UNet level. Stock SVD is the special case N=1 with e
 image's CLIP embedding. The image itself enters separately, as the VAE latent concatenated to the noisy
 latents (``image_latent``); it carries appearance, the tokens carry motion.
 
-Backends: ``nodes/comfy_denoiser.py`` (ComfyUI's SVD model) and the small models in tests/bench.
+Backends: ``nodes/comfy_denoiser.py`` (ComfyUI's SVD model), ``reenact_core/diffusers_backend.py`` (diffusers'
+UNetSpatioTemporalConditionModel, for the standalone API and command) and the small models in tests/bench.
 """
 
 from __future__ import annotations
