@@ -77,8 +77,9 @@ class ComfySVDDenoiser:
 
 
 @contextlib.contextmanager
-def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0):
-    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training."""
+def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None):
+    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training.
+    ``preflight(base, device)`` runs on the loaded copy before the loop (before checkpointing wraps it)."""
     mm = comfy.model_management
     device = model_patcher.load_device
     private_patcher = None
@@ -95,15 +96,133 @@ def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: boo
             _protect_saved_norm_inputs(base.diffusion_model)
             if private_patcher is None and device.type != "cpu":
                 mm.free_memory(memory_required, device)  # room for activations; may evict the shared model
+            if preflight is not None:
+                with _fast_attention():
+                    preflight(base, device)
             if gradient_checkpointing:
                 _checkpoint_blocks(base.diffusion_model)
-            yield base, device
+            with _fast_attention():
+                yield base, device
         finally:
             if private_patcher is not None:
                 _forget_loaded(private_patcher)
             private_patcher = base = None
             gc.collect()
             mm.soft_empty_cache()
+
+
+class NotEnoughMemory(RuntimeError):
+    pass
+
+
+GIB = 2**30
+
+
+def offload(*patchers) -> None:
+    """Move models the loop does not need (the VAE, CLIP vision) off the GPU, through ComfyUI's
+    model management, so their memory goes to activations."""
+    for patcher in patchers:
+        if patcher is not None:
+            _forget_loaded(patcher)
+    comfy.model_management.soft_empty_cache()
+
+
+def activation_profile(base, denoiser, tokens: int, dim: int, device: torch.device) -> dict:
+    """Activation bytes one inversion step keeps for backward, measured on two tiny forwards of this
+    very model (2 frames at 8x8 and 16x16 latents) and fitted as fixed + per-latent-pixel costs: in
+    total, at layer inputs (what gradient checkpointing keeps), and inside the largest layer (what
+    checkpointing recomputes at once). Weights are not counted: they are already loaded."""
+    units = checkpoint_units(base.diffusion_model)
+    weights = {t.untyped_storage().data_ptr() for t in list(base.parameters()) + list(base.buffers())}
+    small, large = (_saved_activations(units, weights, denoiser, tokens, dim, device, side) for side in (8, 16))
+    pixels = 2 * (16 * 16 - 8 * 8)
+    profile = {}
+    for key in ("total", "boundary", "largest_layer"):
+        per_pixel = max(0.0, (large[key] - small[key]) / pixels)
+        profile[key] = {"per_pixel": per_pixel, "fixed": max(0.0, small[key] - per_pixel * 2 * 8 * 8)}
+    return profile
+
+
+def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int) -> dict:
+    current = {"unit": None}
+    inside: dict = {}
+    boundary = [0]
+    seen = set(weights)
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen and t.device == device:
+            seen.add(storage.data_ptr())
+            inside[current["unit"]] = inside.get(current["unit"], 0) + storage.nbytes()
+        return t
+
+    def enter(index):
+        def hook(module, args):
+            current["unit"] = index
+            boundary[0] += args[0].numel() * args[0].element_size()
+
+        return hook
+
+    handles = [unit.register_forward_pre_hook(enter(i)) for i, unit in enumerate(units)]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            frame_tokens = torch.zeros(2, tokens, dim, device=device, requires_grad=True)
+            shared = torch.zeros(tokens, dim, device=device, requires_grad=True)
+            noisy = torch.randn(2, 4, side, side, device=device)
+            out = denoiser(noisy, torch.tensor(1.0, device=device), frame_tokens, shared, noisy[0])
+            del out
+    finally:
+        for handle in handles:
+            handle.remove()
+    largest = max((v for k, v in inside.items() if k is not None), default=0)
+    return {"total": sum(inside.values()), "boundary": boundary[0], "largest_layer": largest}
+
+
+def activation_bytes(profile: dict, frames: int, height: int, width: int, checkpointing: bool) -> int:
+    """Peak activation memory of one inversion step at this size, from the probe's fit (20% margin for
+    gradients in flight and allocator slack)."""
+    pixels = frames * (height // 8) * (width // 8)
+    parts = ("boundary", "largest_layer") if checkpointing else ("total",)
+    return int(1.2 * sum(profile[p]["fixed"] + profile[p]["per_pixel"] * pixels for p in parts))
+
+
+def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width: int, checkpointing: bool) -> None:
+    """Stop before the first step, with what to change, instead of a CUDA out-of-memory error mid-way."""
+    needed = activation_bytes(profile, frames, height, width, checkpointing)
+    if needed <= free_bytes:
+        return
+    options = []
+    if not checkpointing:
+        options.append(f"turn on gradient_checkpointing (~{activation_bytes(profile, frames, height, width, True) / GIB:.1f} GB)")
+    half = activation_bytes(profile, frames, height // 2, width // 2, checkpointing)
+    options.append(f"halve width and height to {width // 2}x{height // 2} (~{half / GIB:.1f} GB; the embedding does not depend on resolution)")
+    if frames > 8:
+        options.append(f"lower video_frames (~{activation_bytes(profile, frames // 2, height, width, checkpointing) / GIB:.1f} GB at {frames // 2})")
+    raise NotEnoughMemory(
+        f"Motion inversion at {frames} frames x {width}x{height} needs about {needed / GIB:.1f} GB of free VRAM for activations, "
+        f"but {free_bytes / GIB:.1f} GB are free after loading the model. To fit: " + "; or ".join(options) + "."
+    )
+
+
+@contextlib.contextmanager
+def _fast_attention():
+    """Use PyTorch's SDPA for the inversion where ComfyUI chose a slow fallback (sub-quadratic or split
+    attention, ComfyUI's pick on CPU and some setups): same results, far faster forward and backward.
+    xformers/flash/sage choices are kept. ComfyUI looks the function up per call, and nothing else runs
+    while a node executes, so swapping it for the duration of the loop affects only the inversion."""
+    import comfy.ldm.modules.attention as attention
+
+    current = getattr(attention, "optimized_attention", None)
+    fast = getattr(attention, "attention_pytorch", None)
+    slow = {getattr(attention, name, None) for name in ("attention_sub_quad", "attention_split", "attention_basic")} - {None}
+    if fast is None or current not in slow:
+        yield
+        return
+    attention.optimized_attention = fast
+    try:
+        yield
+    finally:
+        attention.optimized_attention = current
 
 
 def _load(patcher, memory_required: int) -> None:
@@ -172,18 +291,25 @@ def _protect_saved_norm_inputs(unet) -> None:
                     norm.register_forward_pre_hook(copy_input)
 
 
-def _checkpoint_blocks(unet) -> None:
-    """Recompute each UNet block in the backward pass instead of storing its activations."""
+def checkpoint_units(unet) -> list[torch.nn.Module]:
+    """The layers of every UNet block (resblocks, transformers, down/upsamplers). ComfyUI's UNet runs a
+    block by calling its layers one by one (forward_timestep_embed), never the block's own forward, so
+    these are the modules whose calls can be checkpointed and measured."""
     blocks = list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks)
-    for block in blocks:
-        forward = block.forward
+    return [layer for block in blocks for layer in block]
+
+
+def _checkpoint_blocks(unet) -> None:
+    """Recompute each UNet layer in the backward pass instead of storing its activations."""
+    for layer in checkpoint_units(unet):
+        forward = layer.forward
 
         def checkpointed(*args, _forward=forward, **kwargs):
             if "transformer_options" in kwargs:  # ComfyUI mutates it per block: recompute must see this block's copy
                 kwargs["transformer_options"] = dict(kwargs["transformer_options"])
             return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
-        block.forward = checkpointed
+        layer.forward = checkpointed
 
 
 def _forget_loaded(patcher) -> None:

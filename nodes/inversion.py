@@ -15,7 +15,7 @@ from ..reenact_core.fileformat import build_metadata
 from ..reenact_core.inversion import InversionConfig, encode_training_clips, initial_tokens, invert
 from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
 from ..reenact_core.video import ReferenceClip, fit_frames, resample_frames
-from .comfy_denoiser import ComfySVDDenoiser, compute_dtype, require_svd, trainable_svd
+from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, offload, require_svd, trainable_svd
 
 CATEGORY = "Reenact Anything"
 PREVIEWS_PER_RUN = 40
@@ -124,8 +124,11 @@ class MotionTextualInversion:
         # The VAE samples its latent distribution: seed that noise too, so the embedding is reproducible.
         with _seeded(seed, model.load_device):
             training_latents = encode_training_clips(frames, lambda clip: model.model.process_latent_in(vae.encode(clip)), config)
+        _check_latents(training_latents, model, width, height)
         frame_embeds = clip_vision.encode_image(frames).image_embeds if clip_vision is not None else None
-        init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds)
+        context_dim = model.model.model_config.unet_config.get("context_dim", 1024)  # SVD: 1024; small test models differ
+        init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds, dim=context_dim)
+        offload(getattr(vae, "patcher", None), getattr(clip_vision, "patcher", None))  # their VRAM goes to activations
 
         progress = comfy.utils.ProgressBar(steps)
         preview_every = max(1, steps // PREVIEWS_PER_RUN)
@@ -142,11 +145,22 @@ class MotionTextualInversion:
         device = model.load_device
         dtype = compute_dtype(precision, device)
         latent_shape = [video_frames, 4, height // 8, width // 8]
-        with trainable_svd(model, dtype, gradient_checkpointing, _memory_required(model, latent_shape, gradient_checkpointing)) as (base, device):
+
+        def preflight(base, device):
+            if device.type == "cpu":  # system RAM: the reference-frame budget already guards it
+                return
+            probe = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
+            profile = activation_profile(base, probe, init.tokens, init.dim, device)
+            check_memory(profile, comfy.model_management.get_free_memory(device), video_frames, height, width, gradient_checkpointing)
+
+        memory_required = _memory_required(model, latent_shape, gradient_checkpointing)
+        with trainable_svd(model, dtype, gradient_checkpointing, memory_required, preflight) as (base, device):
             denoiser = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
             result = invert(
                 denoiser, training_latents.clone().to(device), init, config, on_step, loss_scaling=dtype == torch.float16
             )
+        # An interrupt that came during the last step or the final evaluation: still emit nothing.
+        comfy.model_management.throw_exception_if_processing_interrupted()
 
         metadata = build_metadata(
             result.embedding,
@@ -168,6 +182,27 @@ class MotionTextualInversion:
         embedding = result.embedding.with_metadata(**{k: v for k, v in metadata.items() if v != "None"})
         curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss)
         return (embedding, pil_to_image_batch(curve))
+
+
+class VAEMismatch(ValueError):
+    pass
+
+
+def _check_latents(latents: torch.Tensor, model, width: int, height: int) -> None:
+    """The VAE must give SVD's latents: 4 channels at 1/8 of the frame size, finite values."""
+    channels = model.model.diffusion_model.out_channels
+    got = tuple(latents.shape[-3:])
+    if got != (channels, height // 8, width // 8):
+        raise VAEMismatch(
+            f"The VAE turns {width}x{height} frames into latents of shape {got[0]}x{got[1]}x{got[2]} (channels x height x width), "
+            f"but SVD works on {channels}x{height // 8}x{width // 8}: connect the VAE from the same checkpoint as the model "
+            "(the VAE output of Image Only Checkpoint Loader)."
+        )
+    if not bool(torch.isfinite(latents).all()):
+        raise VAEMismatch(
+            "The VAE produced NaN or infinite latents for the reference frames: connect the VAE from the same checkpoint "
+            "as the model; if it is that one, start ComfyUI with --fp32-vae (fp16 VAEs can overflow)."
+        )
 
 
 def _memory_required(model, latent_shape, checkpointing: bool) -> int:

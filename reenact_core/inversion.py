@@ -71,6 +71,8 @@ class StepInfo:
     loss: float
     learning_rate: float
     denoised: torch.Tensor  # this step's x0 estimate [F, C, h, w], detached (for previews)
+    spatial: torch.Tensor | None = None  # the tokens after this step, detached views (copy to keep them)
+    temporal: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -262,7 +264,7 @@ def invert(
 
         history.append(loss_value)
         if callback is not None:
-            callback(StepInfo(step + 1, config.steps, loss_value, lr, denoised.detach()))
+            callback(StepInfo(step + 1, config.steps, loss_value, lr, denoised.detach(), spatial.detach(), temporal.detach()))
 
     learned = MotionEmbedding(spatial=spatial.detach().cpu(), temporal=temporal.detach().cpu(), metadata=dict(init.metadata))
     final_eval = evaluate_loss(denoiser, reference, learned, eval_sigmas, eval_seed) if eval_sigmas is not None else None

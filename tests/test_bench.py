@@ -1,0 +1,92 @@
+"""The benchmarks in bench/ run, in their smallest configuration on the random-weight test checkpoint,
+in-process in this test's ComfyUI, and report every row with finite numbers. Nothing here asserts on
+wall time or on the ratios: those are what the benchmarks are for."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import _common, apply_overhead, step_cost
+
+
+def finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_checkpoint(comfy, svd):
+    """The benchmarks load the test checkpoint with the same stock loader: reuse the session's."""
+    _common.remember_loaded(comfy, "test", svd)
+    yield
+    _common.forget_loaded()
+
+
+@pytest.fixture(scope="module")
+def step_cost_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "step_cost.json"
+    result = step_cost.main(["--model", "test", "--quick", "--device", "cpu", "--out", str(out)])
+    return result, json.loads(out.read_text())
+
+
+def test_step_cost_reports_every_row(step_cost_run):
+    result, saved = step_cost_run
+    assert saved["bench"] == "step_cost" and saved["device"] and saved["date"] and saved["model"] == "test"
+    assert saved["default_steps"] >= 1 and saved["targets"] == {"no_checkpointing": 2.2, "checkpointing": 3.2}
+    rows = {(r["dtype"], r["run"]): r for r in saved["rows"]}
+    assert set(rows) == {(d, run) for d in ("fp32", "bf16") for run in ("forward", "step", "step_ckpt")}
+    for (dtype, run), row in rows.items():
+        assert row["error"] is None, row
+        assert row["size"] == "32x32" and row["frames"] == 2
+        for key in ("seconds", "time_ratio", "flops", "tflops_per_s"):
+            assert finite(row[key]) and row[key] > 0, (dtype, run, key, row[key])
+        if run == "forward":
+            assert row["time_ratio"] == 1.0 and row["target"] is None
+        else:
+            assert row["checkpointing"] == (run == "step_ckpt")
+            assert row["target"] == (3.2 if run == "step_ckpt" else 2.2)
+            for key in ("memory_bytes", "memory_ratio", "preflight_estimate_bytes", "minutes_per_motion"):
+                assert finite(row[key]) and row[key] > 0, (dtype, run, key, row[key])
+    # The step backpropagates through the forward, so it costs more FLOPs (not a timing assertion).
+    for dtype in ("fp32", "bf16"):
+        assert rows[dtype, "step"]["flops"] > rows[dtype, "forward"]["flops"]
+        assert rows[dtype, "step_ckpt"]["flops"] > rows[dtype, "step"]["flops"]  # recomputation
+    assert result["rows"] and len(result["rows"]) == len(saved["rows"])
+
+
+def test_step_cost_prints_the_table(step_cost_run):
+    table = step_cost.render(step_cost_run[1])
+    lines = table.splitlines()
+    assert "Inversion step vs plain forward" in lines[0] and "saved_tensors_hooks" in lines[0]
+    body = [line for line in lines[3:] if line.strip()]
+    assert len(body) == 6
+    assert sum("forward (inference)" in line for line in body) == 2 and sum("step + ckpt" in line for line in body) == 2
+    assert all(("forward (inference)" in line) or ("step + ckpt" in line and "<=3.2x" in line) or ("<=2.2x" in line) for line in body)
+
+
+def test_full_size_svd_unet_is_what_comfyui_detects_as_svd(comfy):
+    """--model svd-full / svd-xt-full build this (on meta here: shapes only, instantly)."""
+    base = _common.build_full_svd(torch.bfloat16, device="meta")
+    assert type(base).__name__ == "SVD_img2vid"
+    assert 1.50e9 < sum(p.numel() for p in base.diffusion_model.parameters()) < 1.55e9
+
+
+def test_apply_overhead_reports_both_graphs(tmp_path):
+    out = tmp_path / "apply.json"
+    apply_overhead.main(["--model", "test", "--quick", "--device", "cpu", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["bench"] == "apply_overhead" and saved["device"] and saved["date"] and saved["target_time_ratio"] == 1.02
+    assert "RSS" in saved["memory_measure"] or "ru_maxrss" in saved["memory_measure"]
+    rows = {r["graph"]: r for r in saved["rows"]}
+    assert set(rows) == {"stock", "motion"}
+    for row in rows.values():
+        for key in ("graph_seconds", "sample_seconds", "time_ratio", "sample_ratio"):
+            assert finite(row[key]) and row[key] > 0, (row["graph"], key, row[key])
+        assert finite(row["memory_bytes"]) and row["memory_bytes"] >= 0
+    assert rows["stock"]["time_ratio"] == 1.0
+    assert rows["motion"]["apply_seconds"] > 0 and rows["stock"]["apply_seconds"] == 0
+    table = apply_overhead.render(saved).splitlines()
+    assert table[0].startswith("Apply overhead") and any("ApplyMotionEmbedding" in line for line in table[2:])
