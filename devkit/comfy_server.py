@@ -2,7 +2,9 @@
 
 The pack is installed the way users install it: a folder in a custom_nodes directory (here a symlink
 to this checkout, declared through an extra_model_paths.yaml), with models in folders declared the
-same way. The server is stopped by PID (its whole process group).
+same way. The server is stopped by PID (its whole process group). Its temporary files go to a private
+folder (TMPDIR=<base>/tmp), so leaks can be counted; with ``block_network`` every outbound connection
+attempt in the server process is refused and recorded (devkit/netguard).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "ComfyUI-ReenactAnything"
+NETGUARD = Path(__file__).resolve().parent / "netguard"
 
 
 class ServerError(RuntimeError):
@@ -50,26 +53,34 @@ class ComfyServer:
         model_folders: dict[str, str | os.PathLike] | None = None,
         python: str = sys.executable,
         extra_args: list[str] | None = None,
+        block_network: bool = False,
+        custom_nodes: list[str | os.PathLike] | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.root = Path(root).resolve()
         self.base = Path(base_dir).resolve()
         self.model_folders = {k: str(v) for k, v in (model_folders or {}).items()}
         self.python = python
         self.extra_args = list(extra_args or [])
+        self.block_network = block_network
+        self.custom_nodes = [Path(p).resolve() for p in (custom_nodes or [])]  # more node packs to install
+        self.env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
-        for sub in ("input", "output", "temp", "user", "custom_nodes"):
+        for sub in ("input", "output", "temp", "user", "custom_nodes", "tmp"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         self.log_path = self.base / "server.log"
+        self.network_log = self.base / "network.log"
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
-        link = self.base / "custom_nodes" / PACK_FOLDER_NAME
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
+        for name, target in [(PACK_FOLDER_NAME, REPO)] + [(p.name, p) for p in self.custom_nodes]:
+            link = self.base / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
         config = self.base / "extra_model_paths.yaml"
         lines = ["reenact_test:", f"  base_path: {self.base}", "  custom_nodes: custom_nodes"]
         lines += [f"  {name}: {path}" for name, path in self.model_folders.items()]
@@ -83,7 +94,11 @@ class ComfyServer:
         if "--user-directory" in (self.root / "comfy" / "cli_args.py").read_text():
             args += ["--user-directory", str(self.base / "user")]
         args += self.extra_args
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", TMPDIR=str(self.base / "tmp"))
+        if self.block_network:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD), env.get("PYTHONPATH")) if p)
+            env["REENACT_NETWORK_LOG"] = str(self.network_log)
+        env.update(self.env)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -122,6 +137,19 @@ class ComfyServer:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmRSS in /proc/<pid>/status")
+
+    def network_attempts(self) -> list[dict]:
+        """Outbound connections the server process tried (and was refused) with block_network."""
+        if not self.network_log.exists():
+            return []
+        return [json.loads(line) for line in self.network_log.read_text().splitlines() if line.strip()]
 
     def log_tail(self, chars: int = 6000) -> str:
         try:

@@ -13,17 +13,22 @@ def video_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def write_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
-    """[T, H, W, 3] floats in [0, 1] (or uint8) -> H.264 MP4 (MPEG-4 where x264 is missing)."""
+def write_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, lossless: bool = False) -> Path:
+    """[T, H, W, 3] floats in [0, 1] (or uint8) -> H.264 MP4 (MPEG-4 where x264 is missing).
+
+    ``lossless``: H.264 at qp 0 in full-resolution colour (yuv444p), for reference clips whose exact
+    colours matter; browsers may not preview it, but every decoder reads it."""
     array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     height, width = array.shape[1:3]
     path = Path(path)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(video_codec(), rate=int(round(fps)))
+        codec = video_codec()
+        options = {"qp": "0"} if lossless and codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=int(round(fps)), options=options)
         stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = "yuv444p" if options else "yuv420p"
         for frame in array:
             if frame.shape[:2] != (stream.height, stream.width):
                 frame = np.pad(frame, ((0, stream.height - height), (0, stream.width - width), (0, 0)), mode="edge")
@@ -55,3 +60,21 @@ def target_image(size: int = 64, seed: int = 0) -> torch.Tensor:
     disc = ((xx + 0.4) ** 2 + yy**2 < 0.12).float()[..., None]
     color = torch.tensor([0.9, 0.3, 0.1])
     return (background * (1 - disc) + color * disc)[None].clamp(0, 1)
+
+
+def write_black_png(path: str | Path, width: int, height: int) -> Path:
+    """A valid all-black RGB PNG of any size, written row by row without holding its pixels (a 8000x6000
+    image is ~150 KB): for memory-guard tests."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(1), bytes(1 + 3 * width)  # filter byte 0, then the row's pixels
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", b"".join(packer.compress(row) for _ in range(height)) + packer.flush()))
+        f.write(chunk(b"IEND", b""))
+    return path

@@ -249,6 +249,10 @@ def _copy_effective_weights(base):
         memo[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
     for b in base.buffers():
         memo[id(b)] = b.detach().clone()
+    # Shared, not copied: read-only settings, and newer ComfyUI's model config cannot be deep-copied
+    # (its __getattr__ answers None for __setstate__).
+    if getattr(base, "model_config", None) is not None:
+        memo[id(base.model_config)] = base.model_config
     private = copy.deepcopy(base, memo)
     # Bookkeeping attributes a ModelPatcher leaves on the module describe the shared model, not this copy.
     for attr in ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram", "current_weight_patches_uuid"):

@@ -41,13 +41,19 @@ class SaveMotionEmbedding:
     def save(self, motion_embedding: MotionEmbedding, filename_prefix: str):
         prefix = paths.safe_prefix(filename_prefix)
         root = paths.output_folder()
-        os.makedirs(root, exist_ok=True)
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root)
-        file_name = f"{name}_{counter:05}_.safetensors"
-        emb = motion_embedding
-        if "modelspec.title" not in emb.metadata:
-            emb = emb.with_metadata(**{"modelspec.title": name})
-        save_embedding(emb, os.path.join(folder, file_name))
+        try:
+            os.makedirs(root, exist_ok=True)
+            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root)
+            file_name = f"{name}_{counter:05}_.safetensors"
+            emb = motion_embedding
+            if "modelspec.title" not in emb.metadata:
+                emb = emb.with_metadata(**{"modelspec.title": name})
+            save_embedding(emb, os.path.join(folder, file_name))  # atomic: a failed write leaves no file
+        except OSError as exc:
+            raise EmbeddingFileError(
+                f"Could not save the motion embedding: {exc.filename or root}: {exc.strerror or exc}. Nothing was written; "
+                "check that the output folder is writable and has free space, or change filename_prefix."
+            ) from exc
         relative = "/".join(p for p in (subfolder, file_name) if p)
         return {"ui": {"motion_embeddings": [{"filename": file_name, "subfolder": os.path.join(paths.FOLDER, subfolder).rstrip("/"), "type": "output"}], "text": [relative]}}
 
@@ -75,8 +81,14 @@ class LoadMotionEmbedding:
         path = paths.embedding_path(embedding_name)
         if path is None:
             return ""
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:  # in blocks: a huge file put here by mistake is refused by load(), not read whole
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:  # gone or unreadable: load() says so
+            return embedding_name
+        return digest.hexdigest()
 
     def load(self, embedding_name: str):
         path = paths.embedding_path(embedding_name)
@@ -142,8 +154,9 @@ class ApplyMotionEmbedding:
 def _check_svd_conditioning(context: torch.Tensor, extras: dict, dim: int, which: str) -> None:
     if context.shape[-1] != dim:
         raise ValueError(
-            f"The {which} conditioning has {context.shape[-1]}-wide tokens, but this motion embedding has {dim}: "
-            "connect the outputs of SVD_img2vid_Conditioning (a text CLIP conditioning does not work here)."
+            f"The {which} conditioning has {context.shape[-1]}-wide tokens but this motion embedding has {dim}-wide tokens: "
+            "connect the outputs of SVD_img2vid_Conditioning (a text conditioning does not work here), and use an embedding "
+            "learned with the same model (SVD's are 1024 wide; a 768-wide file is a text embedding for SD1.5)."
         )
     if "concat_latent_image" not in extras:
         raise ValueError(

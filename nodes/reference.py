@@ -96,6 +96,10 @@ class LoadMotionReference:
                 raise ReferenceVideoError(
                     "No reference: choose a video in the 'video' list (upload one with the button) or connect an IMAGE batch to 'images'."
                 )
+            if not os.path.exists(path):
+                raise ReferenceVideoError(
+                    f"{video}: not found in ComfyUI's input folder (moved or deleted since it was listed); upload it again or choose another file."
+                )
             clip = load_reference_video(path, memory_budget_bytes=MEMORY_BUDGET_BYTES, **selection)
         return (clip, clip.frames, clip.frames.shape[0])
 

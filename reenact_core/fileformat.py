@@ -148,7 +148,7 @@ def parse_embedding(data: bytes, name: str = "embedding") -> MotionEmbedding:
         )
     for key, value in (("frames", frames), ("tokens", tokens), ("dim", dim)):
         if _int_field(meta, key, name) != value:
-            raise EmbeddingFileError(f"{name}: metadata says {key}={meta[key]} but the tensors have {value}; the file is inconsistent")
+            raise EmbeddingFileError(f"{name}: metadata says {key}={_show(meta[key])} but the tensors have {value}; the file is inconsistent")
     if not (1 <= frames <= MAX_FRAMES and 1 <= tokens <= MAX_TOKENS and 1 <= dim <= MAX_DIM):
         raise EmbeddingFileError(f"{name}: implausible embedding size {frames}x{tokens}x{dim}")
 
@@ -172,6 +172,12 @@ def _split_header(data: bytes, name: str) -> tuple[dict, bytes]:
             "This pack never loads pickles because they can run code; ask for a .safetensors motion embedding"
         )
     (header_len,) = struct.unpack("<Q", data[:8])
+    if MAX_HEADER_BYTES < header_len <= len(data) - 8:
+        raise EmbeddingFileError(
+            f"{name}: its header (tensor list and metadata) is {header_len / 2**10:.0f} KB, more than a motion embedding "
+            f"ever needs ({MAX_HEADER_BYTES // 2**10} KB at most): the metadata is oversized or this is not a motion embedding; "
+            "use a file saved by Save Motion Embedding"
+        )
     if header_len > MAX_HEADER_BYTES or header_len > len(data) - 8:
         raise EmbeddingFileError(
             f"{name}: not a valid safetensors file (header of {header_len} bytes in a {len(data)}-byte file); "
@@ -179,7 +185,7 @@ def _split_header(data: bytes, name: str) -> tuple[dict, bytes]:
         )
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or e.g. an integer with too many digits
         raise EmbeddingFileError(f"{name}: not a valid safetensors file (its header is not JSON); it is corrupt or a different format") from None
     if not isinstance(header, dict):
         raise EmbeddingFileError(f"{name}: not a valid safetensors file (header is not a JSON object)")
@@ -196,10 +202,10 @@ def _check_metadata(meta: object, name: str) -> dict[str, str]:
         raise EmbeddingFileError(f"{name}: malformed metadata (must map strings to strings)")
     for key, value in meta.items():
         if len(value) > MAX_METADATA_VALUE_CHARS or len(key) > 256:
-            raise EmbeddingFileError(f"{name}: metadata entry {key[:40]!r} is too large ({len(value)} characters)")
+            raise EmbeddingFileError(f"{name}: metadata entry {_show(key)} is too large ({len(value)} characters)")
     if meta.get("format") != FORMAT_NAME:
         raise EmbeddingFileError(
-            f"{name}: not a motion embedding (format {meta.get('format', 'missing')!r}, expected {FORMAT_NAME!r}); "
+            f"{name}: not a motion embedding (format {_show(meta.get('format', 'missing'))}, expected {FORMAT_NAME!r}); "
             "use a file saved by Save Motion Embedding"
         )
     missing = [k for k in REQUIRED_METADATA if k not in meta]
@@ -208,11 +214,11 @@ def _check_metadata(meta: object, name: str) -> dict[str, str]:
     version = _int_field(meta, "format_version", name)
     if version > FORMAT_VERSION:
         raise EmbeddingFileError(
-            f"{name}: made by a newer version of Reenact Anything (format {version}, this is {__version__} reading "
+            f"{name}: made by a newer version of Reenact Anything (format {_show(version)}, this is {__version__} reading "
             f"format {FORMAT_VERSION}); update the node pack"
         )
     if version < 1:
-        raise EmbeddingFileError(f"{name}: invalid format_version {version}")
+        raise EmbeddingFileError(f"{name}: invalid format_version {_show(version)}")
     return dict(meta)
 
 
@@ -220,13 +226,13 @@ def _int_field(meta: dict[str, str], key: str, name: str) -> int:
     try:
         return int(meta[key])
     except (KeyError, ValueError):
-        raise EmbeddingFileError(f"{name}: metadata {key}={meta.get(key)!r} is not an integer; the file is corrupt") from None
+        raise EmbeddingFileError(f"{name}: metadata {key}={_show(meta.get(key))} is not an integer; the file is corrupt") from None
 
 
 def _check_tensor_entries(header: dict, body_len: int, name: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     if set(header) != {"spatial", "temporal"}:
         raise EmbeddingFileError(
-            f"{name}: expected exactly the tensors 'spatial' and 'temporal', found {sorted(header)[:8]}; "
+            f"{name}: expected exactly the tensors 'spatial' and 'temporal', found {_show(sorted(header)[:8])}; "
             "this safetensors file is not a motion embedding"
         )
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -236,12 +242,12 @@ def _check_tensor_entries(header: dict, body_len: int, name: str) -> dict[str, t
         if not isinstance(entry, dict):
             raise EmbeddingFileError(f"{name}: tensor {key!r} has a malformed header entry")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPES:
-            raise EmbeddingFileError(f"{name}: tensor {key!r} has dtype {dtype!r}; motion embeddings are F32, F16 or BF16")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise EmbeddingFileError(f"{name}: tensor {key!r} has dtype {_show(dtype)}; motion embeddings are F32, F16 or BF16")
         if not (isinstance(shape, list) and len(shape) == ndim and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-            raise EmbeddingFileError(f"{name}: tensor {key!r} has shape {shape!r}; expected {ndim} positive dimensions")
+            raise EmbeddingFileError(f"{name}: tensor {key!r} has shape {_show(shape)}; expected {ndim} positive dimensions")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise EmbeddingFileError(f"{name}: tensor {key!r} has malformed data offsets {offsets!r}")
+            raise EmbeddingFileError(f"{name}: tensor {key!r} has malformed data offsets {_show(offsets)}")
         begin, end = offsets
         if not (0 <= begin <= end <= body_len) or end - begin != math.prod(shape) * _DTYPES[dtype][1]:
             raise EmbeddingFileError(f"{name}: tensor {key!r} data does not fit the file (truncated or corrupt); download or save it again")
@@ -251,3 +257,9 @@ def _check_tensor_entries(header: dict, body_len: int, name: str) -> dict[str, t
     if e0 > b1:
         raise EmbeddingFileError(f"{name}: tensor data regions overlap; the file is corrupt")
     return out
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A value from the file, for a message: repr, cut short (a stranger's file may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

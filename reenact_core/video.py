@@ -217,10 +217,19 @@ def select_and_resize(
 
 
 def resample_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Pick ``num_frames`` frames evenly spaced over the whole clip (first and last included)."""
+    """Pick ``num_frames`` frames evenly spaced over the whole clip (first and last included).
+
+    A clip with fewer frames than needed is an error, not repeated frames: repeating would silently
+    teach a slower, jerkier motion than the reference shows. One frame has no motion at all.
+    """
     _check_frames(frames, "resample_frames")
     n = _check_int("num_frames", num_frames, 1)
     t = frames.shape[0]
+    if t == 1 and n > 1:
+        raise ReferenceVideoError(
+            f"the reference has only 1 frame, and a single image has no motion to learn: load a video "
+            f"(or a folder of frames) with at least {n} frames"
+        )
     if t < n:
         raise ReferenceVideoError(
             f"the reference has only {t} frames but {n} are needed: load more frames "
@@ -374,7 +383,10 @@ def _load_with_pyav(
     p: Path, sel: _Selection, size: _SizeRule, budget: int
 ) -> tuple[torch.Tensor, float]:
     try:
-        container = av.open(str(p), mode="r", metadata_errors="ignore")
+        # Local files only: a playlist-like file (HLS, concat...) must never make FFmpeg fetch URLs.
+        container = av.open(
+            str(p), mode="r", metadata_errors="ignore", container_options={"protocol_whitelist": "file"}
+        )
     except av.error.FFmpegError as e:
         raise ReferenceVideoError(
             f"{p}: could not be opened as a video ({_describe(e)}); it may be corrupt, truncated or "
@@ -542,7 +554,7 @@ def _load_sequence(
     if count:  # header-only read of the first kept file gives the size
         first = files[sel.skip]
         with _open_image(first) as img:
-            src = ImageOps.exif_transpose(img).size if _has_rotation(img) else img.size
+            src = _header_size(img)
         _check_budget(d, count, size.output(*src), budget, while_decoding=False)
     kept, seen = _collect(files, _read_still, sel, size, budget, d)
     return _finish(kept, seen, sel, d), DEFAULT_FPS / sel.nth
@@ -562,15 +574,32 @@ def _open_image(f: Path) -> Image.Image:
         raise ReferenceVideoError(f"{f}: the file is empty (0 bytes); re-export or re-copy it")
     try:
         return Image.open(f)
+    except Image.DecompressionBombError as e:
+        raise ReferenceVideoError(
+            f"{f}: the image is too large to decode safely ({e}); save the frames at a smaller size"
+        ) from e
     except Exception as e:
         raise _bad_image(f, e) from e
 
 
-def _has_rotation(img: Image.Image) -> bool:
+def _header_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, from the file's header alone (no pixel is decoded): EXIF
+    orientations 5-8 swap them. A PNG's EXIF chunk may follow the pixels, and Pillow decodes the whole
+    image to find it; only an EXIF block read with the header is used then."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return img.size
+    return img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+
+
+def _orientation(img: Image.Image) -> int:
     try:
-        return img.getexif().get(0x0112, 1) != 1  # EXIF Orientation
+        return img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block just means "no rotation"
-        return False
+        return 1
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    return _orientation(img) != 1  # EXIF Orientation
 
 
 def _pil_to_rgb(img: Image.Image, f: Path) -> np.ndarray:

@@ -126,3 +126,14 @@ def test_gradient_checkpointing_really_saves_activation_memory(svd, denoiser_mod
     full = saved_bytes(denoiser_module, svd[0], 4, 16, checkpointing=False)
     ckpt = saved_bytes(denoiser_module, svd[0], 4, 16, checkpointing=True)
     assert ckpt < 0.3 * full, (ckpt, full)
+
+
+def test_private_copy_for_models_from_custom_loaders(svd, denoiser_module, monkeypatch):
+    """Models that newer ComfyUI cannot reload from file (custom loaders, e.g. Motion World) are copied
+    in memory; the copy must work on every ComfyUI (newer model configs refuse deepcopy) and share
+    no tensor with the model other nodes use."""
+    monkeypatch.setattr(denoiser_module, "_reloaded_patcher", lambda patcher: None)
+    shared = {p.data_ptr() for p in svd[0].model.parameters()}
+    with denoiser_module.trainable_svd(svd[0], torch.float32, False) as (base, _):
+        assert base is not svd[0].model
+        assert not shared & {p.data_ptr() for p in base.parameters()}
