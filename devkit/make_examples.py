@@ -65,6 +65,21 @@ def write_inputs() -> None:
         Image.fromarray(img).save(inputs / f"reenact_example_target_{i}.png", optimize=True)
 
 
+MOTION_WORLD_MOTION = "l_path_down_right"  # a held-out motion: the model never saw an L-path in training
+
+
+def write_motion_world_inputs() -> None:
+    """The Motion World demo's bundled reference clip (lossless, 8 frames, 64x64) and target image."""
+    from devkit.motion_world import world
+
+    targets = world.target_scenes(5, seed=0)
+    reference = next(c for c in world.held_out_references(8, 64, seed=0, targets=targets) if c.motion.name == MOTION_WORLD_MOTION)
+    inputs = EXAMPLES / "inputs"
+    write_video(reference.frames, inputs / "reenact_motion_world_reference.mp4", fps=8, lossless=True)
+    target = world.render_clip(targets[1], reference.motion, 8, 64)
+    Image.fromarray((target.frames[0].numpy() * 255 + 0.5).astype(np.uint8)).save(inputs / "reenact_motion_world_target.png", optimize=True)
+
+
 def write_preview() -> None:
     """docs/example.png for the README: every other reference frame, then the two targets."""
     frames = reference_frames()[::3]
@@ -118,6 +133,7 @@ def main() -> None:
     parser.add_argument("--embedding", action="store_true", help="also regenerate the example embedding (slow, needs COMFYUI_ROOT)")
     args = parser.parse_args()
     write_inputs()
+    write_motion_world_inputs()
     write_preview()
     print(f"wrote {EXAMPLES / 'inputs'} and docs/example.png")
     if args.embedding:

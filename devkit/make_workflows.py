@@ -143,12 +143,13 @@ def checkpoint(g: Graph, pos, name=SVD):
     return g.add("ImageOnlyCheckpointLoader", pos, ckpt_name=name)
 
 
-def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14) -> tuple[dict, dict]:
-    reference = g.add("LoadMotionReference", (x, y), video=REFERENCE)
-    invert = g.add(
-        "MotionTextualInversion", (x + 370, y), steps=1000, learning_rate=0.01, tokens_per_frame=5, video_frames=video_frames,
-        width=512, height=288, seed=0, fps=6, motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True,
+def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14, reference_file: str = REFERENCE, **settings) -> tuple[dict, dict]:
+    reference = g.add("LoadMotionReference", (x, y), video=reference_file)
+    widgets = dict(
+        steps=1000, learning_rate=0.01, tokens_per_frame=5, video_frames=video_frames, width=512, height=288, seed=0, fps=6,
+        motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True,
     )
+    invert = g.add("MotionTextualInversion", (x + 370, y), **dict(widgets, **settings))
     g.connect(ckpt, "MODEL", invert, "model")
     g.connect(ckpt, "VAE", invert, "vae")
     g.connect(ckpt, "CLIP_VISION", invert, "clip_vision")
@@ -156,9 +157,13 @@ def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14) 
     return reference, invert
 
 
-def generation(g: Graph, ckpt: dict, motion: tuple[dict, str], target: str, x: float, y: float, frames=14, prefix="reenact/result", seed=0) -> dict:
+def generation(
+    g: Graph, ckpt: dict, motion: tuple[dict, str], target: str, x: float, y: float, frames=14, prefix="reenact/result", seed=0, size=(1024, 576)
+) -> dict:
     image = g.add("LoadImage", (x, y), image=target)
-    cond = g.add("SVD_img2vid_Conditioning", (x + 370, y), width=1024, height=576, video_frames=frames, motion_bucket_id=127, fps=6, augmentation_level=0.0)
+    cond = g.add(
+        "SVD_img2vid_Conditioning", (x + 370, y), width=size[0], height=size[1], video_frames=frames, motion_bucket_id=127, fps=6, augmentation_level=0.0
+    )
     apply = g.add("ApplyMotionEmbedding", (x + 740, y), strength=1.0)
     guidance = g.add("VideoLinearCFGGuidance", (x + 740, y + 260), min_cfg=1.0)
     sampler = g.add("KSampler", (x + 1110, y), seed=seed, steps=20, cfg=2.5, sampler_name="euler", scheduler="karras", denoise=1.0)
@@ -247,11 +252,40 @@ def workflow_svd_xt(g: Graph) -> None:
     )
 
 
+MOTION_WORLD_NOTE = """Motion World: the whole method on CPU in a minute
+
+Load Motion World is a small SVD-interface model trained on synthetic sprite motion (8 frames, 64x64). It stands in for svd.safetensors: every other node is the same as with real SVD.
+
+The reference shows a sprite moving along an L-path, a motion the model never saw in training. Motion Textual Inversion learns it; Apply Motion Embedding replays it on a different sprite, colour and background.
+
+Swap Load Motion World for Image Only Checkpoint Loader + svd.safetensors (and sizes for SVD) to do the same with real SVD."""
+
+
+def workflow_motion_world(g: Graph) -> None:
+    loader = g.add("MotionWorldLoader", (0, 0), model_name="motion_world.safetensors")
+    _, invert = inversion(
+        g, loader, 0, 180, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
+        learning_rate=MOTION_WORLD_LR, width=64, height=64, gradient_checkpointing=False,
+    )
+    save = g.add("SaveMotionEmbedding", (800, 0), filename_prefix="motion_world/l_path")
+    preview = g.add("PreviewImage", (800, 160), title="Loss curve")
+    g.connect(invert, "motion_embedding", save, "motion_embedding")
+    g.connect(invert, "loss_curve", preview, "images")
+    generation(g, loader, (invert, "motion_embedding"), "reenact_motion_world_target.png", 0, 700, frames=8, prefix="reenact/motion_world", size=(64, 64))
+    g.note(MOTION_WORLD_NOTE, (1200, 0), (720, 330), title="Motion World")
+
+
+# Inversion settings for the small model, chosen with bench/motion_world_bench.py.
+MOTION_WORLD_STEPS = 300
+MOTION_WORLD_LR = 0.01
+
+
 WORKFLOWS_TO_BUILD = {
     "reenact_1_invert_motion.json": workflow_invert,
     "reenact_2_apply_motion.json": workflow_apply,
     "reenact_3_invert_and_apply_two_targets.json": workflow_invert_and_apply,
     "reenact_4_svd_xt_from_14_frame_motion.json": workflow_svd_xt,
+    "reenact_5_motion_world_demo.json": workflow_motion_world,
 }
 
 

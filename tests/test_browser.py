@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -371,7 +372,7 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
         assert (server.base / "input" / uploaded).read_bytes() == upload_file.read_bytes()
 
     # -- scale down for CPU through the widgets, check the prompt the page builds ---------------------
-    checkpoint = next(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "ImageOnlyCheckpointLoader")
+    checkpoint = next((n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "ImageOnlyCheckpointLoader"), None)
     overrides = {str(n["id"]): overrides_for(n["type"], checkpoint) for n in workflow["nodes"]}
     overrides = {k: v for k, v in overrides.items() if v}
     assert overrides, "nothing to scale down: the CPU overrides no longer match the workflow"
@@ -409,7 +410,9 @@ def _wait_for_run(server, page, known: set) -> tuple[str, dict]:
             assert len(new) == 1, f"more than one prompt ran: {new}"
             return new[0], server.get(f"/history/{urllib.parse.quote(new[0])}")[new[0]]
         queue = server.get("/queue")
-        if not queue.get("queue_running") and not queue.get("queue_pending") and time.monotonic() - started > 15:
+        idle = not queue.get("queue_running") and not queue.get("queue_pending")
+        if idle and time.monotonic() - started > 15 and not [pid for pid in server.get("/history") if pid not in known]:
+            # (history read again: the run may have ended between the two reads above)
             dialogs = page.evaluate(JS_VISIBLE_DIALOGS, True)
             pytest.fail(f"nothing was queued; the page shows: {dialogs}\n{server.log_tail(3000)}")
         time.sleep(0.5)
@@ -463,11 +466,15 @@ def test_template_browser_opens_the_pack_workflows(server, browser):
         page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         page.get_by_text(PACK_FOLDER_NAME[:16]).first.click()
         workflow = WORKFLOWS[0]
-        thumbnails = page.locator(f"img[src*='/workflow_templates/{PACK_FOLDER_NAME}/']")
-        thumbnails.first.wait_for(timeout=10_000)
+        # Every workflow is listed with its thumbnail drawn (newer frontends show them as blob: URLs,
+        # older ones by their /workflow_templates/ address), and the server serves each .jpg.
+        for path in WORKFLOWS:
+            page.get_by_text(path.stem, exact=True).first.wait_for(timeout=10_000)
+            with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{path.stem}.jpg") as response:
+                assert response.status == 200 and response.read(3) == b"\xff\xd8\xff", path.stem
         page.wait_for_function(
-            "(prefix) => [...document.querySelectorAll('img')].filter((i) => i.src.includes(prefix)).every((i) => i.complete && i.naturalWidth > 0)",
-            arg=f"/workflow_templates/{PACK_FOLDER_NAME}/",
+            "(count) => [...document.querySelectorAll('img')].filter((i) => i.complete && i.naturalWidth > 0 && (i.src.startsWith('blob:') || i.src.includes('/workflow_templates/'))).length >= count",
+            arg=len(WORKFLOWS),
             timeout=10_000,
         )
         page.get_by_text(workflow.stem, exact=True).first.click()

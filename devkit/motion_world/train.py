@@ -41,7 +41,7 @@ FORMAT = "reenact-anything/motion-world"
 
 VAE_CONFIG = {
     "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-    "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+    "ch_mult": [1, 1, 2, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
 }
 
 
@@ -50,7 +50,7 @@ def unet_config(context_dim: int, channels: int) -> dict:
     return {
         "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
         "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8, "out_channels": 4,
-        "model_channels": channels, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+        "model_channels": channels, "num_res_blocks": [1, 1], "channel_mult": [1, 1],
         "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
         "use_linear_in_transformer": True, "context_dim": context_dim, "num_head_channels": 32,
         "extra_ff_mix_layer": True, "use_spatial_context": True, "merge_strategy": "learned_with_images",
@@ -76,10 +76,10 @@ class TrainConfig:
     size: int = 64
     context_dim: int = 64
     tokens: int = 2  # tokens per frame in the motion context
-    channels: int = 64
-    ae_steps: int = 1500
-    ae_batch: int = 48
-    ae_lr: float = 2e-3
+    channels: int = 64  # GroupNorm needs multiples of 32; 64 x [1, 1] is 3.5 M parameters
+    ae_steps: int = 3000
+    ae_batch: int = 32
+    ae_lr: float = 1e-3
     clips: int = 6000  # pre-rendered training clips for the UNet stage
     unet_steps: int = 4000
     unet_batch: int = 12
@@ -88,6 +88,8 @@ class TrainConfig:
     p_null: float = 0.15  # context dropped to all zeros (what classifier-free guidance needs)
     sigma_log_mean: float = 0.5  # training noise levels, log-normal (SVD-like: biased to high noise)
     sigma_log_std: float = 1.4
+    p_sigma_uniform: float = 0.2  # share of noise levels drawn log-uniform over SVD's whole range [0.002, 700]:
+    # samplers start at sigma_max = 700, far outside the log-normal's reach
 
 
 class MotionEncoder(nn.Module):
@@ -166,12 +168,12 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
         lr = cfg.ae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.ae_steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        clips = max(1, cfg.ae_batch // cfg.frames)
-        pixels, _, _ = render_batch(rng, clips, cfg.frames, cfg.size)
-        x = pixels.flatten(0, 1)
+        # one random frame from each of ae_batch clips: many scenes per batch, not a few clips' frames
+        pixels, _, _ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        x = pixels[torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))]
         z = ae_encode_mean(ae, x)
         recon = ae_decode(ae, z)
-        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean() + 1e-6 * (z**2).mean()
+        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
@@ -180,7 +182,22 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
             log(f"autoencoder step {step + 1}/{cfg.ae_steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     ae.eval()
     _make_deterministic_and_scaled(ae, cfg)
+    _report_autoencoder(ae, cfg)
     return ae
+
+
+@torch.no_grad()
+def _report_autoencoder(ae: nn.Module, cfg: TrainConfig) -> None:
+    """How well positions survive the autoencoder (the benchmark measures motion on decoded frames)."""
+    from devkit.motion_world import metrics
+
+    errors, pixel_errors = [], []
+    for clip in world.held_out_references(cfg.frames, cfg.size, seed=cfg.seed + 7):
+        recon = ae_decode(ae, ae_encode_mean(ae, clip.frames)).clamp(0, 1)
+        centers, _ = metrics.track_sprite(recon, clip.sprite_color)
+        errors.append(float(np.nanmean(np.linalg.norm(centers - clip.centers.numpy(), axis=1))))
+        pixel_errors.append(float((recon - clip.frames).abs().mean()))
+    log(f"autoencoder on held-out clips: sprite position error {np.mean(errors):.3f} px, mean abs pixel error {np.mean(pixel_errors):.4f}")
 
 
 @torch.no_grad()
@@ -252,7 +269,10 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect):
         b = raw.shape[0]
         x0 = raw.flatten(0, 1) * LATENT_SCALE
         concat = raw[:, :1].expand(-1, f, -1, -1, -1).flatten(0, 1)
-        sigma = (cfg.sigma_log_mean + cfg.sigma_log_std * torch.randn(b, generator=gen)).exp().clamp(0.002, 700.0)
+        log_sigma = cfg.sigma_log_mean + cfg.sigma_log_std * torch.randn(b, generator=gen)
+        log_uniform = math.log(0.002) + (math.log(700.0) - math.log(0.002)) * torch.rand(b, generator=gen)
+        log_sigma = torch.where(torch.rand(b, generator=gen) < cfg.p_sigma_uniform, log_uniform, log_sigma)
+        sigma = log_sigma.exp().clamp(0.002, 700.0)
         sigma_frames = sigma.repeat_interleave(f)
         noisy = x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
         if cfg.context == "motion":
@@ -324,11 +344,14 @@ def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, s
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "models" / "motion_world.safetensors")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+    parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder (.safetensors, AutoencoderKL keys) instead of stage 1")
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from devkit.comfy_env import load_comfyui, load_pack, pack_submodule
     from devkit.svd_checkpoint import init_params
@@ -339,7 +362,13 @@ def main(argv=None) -> None:
     protect = pack_submodule(pack, "nodes.comfy_denoiser")._protect_saved_norm_inputs
     log(f"training Motion World ({cfg.context} context) with {json.dumps(dataclasses.asdict(cfg))}")
     start = time.perf_counter()
-    ae = train_autoencoder(cfg, mw.build_vae, init_params)
+    if args.autoencoder:
+        import safetensors.torch
+
+        ae = mw.build_vae(VAE_CONFIG, safetensors.torch.load_file(str(args.autoencoder))).first_stage_model.float().eval()
+        log(f"autoencoder loaded from {args.autoencoder}")
+    else:
+        ae = train_autoencoder(cfg, mw.build_vae, init_params)
     unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect)
     save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start)
 

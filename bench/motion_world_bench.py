@@ -1,0 +1,290 @@
+"""Motion World transfer benchmark: does the pack transfer motion, or merely run?
+
+    COMFYUI_ROOT=... python -m bench.motion_world_bench                 # the table, ~20-30 min on 2 cores
+    COMFYUI_ROOT=... python -m bench.motion_world_bench --quick         # 1 seed, fewer pairs (~5 min)
+
+Held-out reference motions (never seen in training) are inverted and applied to target scenes that
+differ in shape, colour, position and background, all through the pack's own nodes in a real
+ComfyUI: Load Motion Reference -> Motion Textual Inversion -> Apply Motion Embedding ->
+VideoLinearCFGGuidance -> KSampler -> VAE Decode. The generated sprite is tracked and compared with
+the ideal result: the reference's displacements and scale applied to the target's own sprite.
+
+Conditions: null context (no motion information), one shared token (F'=1, N=1), per-frame tokens
+(F+1)x1, (F+1)xN with the pack's default N, and oracle tokens (the model's own motion encoder fed the
+reference's true trajectory: the ceiling). Prints a table and writes PNG strips and raw JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from devkit.motion_world import metrics, world
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMES, SIZE = 8, 64
+TIME_VARYING = {"two_segment", "arc", "reversal", "pulse"}  # motions whose velocity changes over the clip
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    name: str
+    tokens: int = 0  # 0: no inversion
+    per_frame: bool = True
+
+
+CONDITIONS = (
+    Condition("null context"),
+    Condition("shared token F'=1,N=1", tokens=1, per_frame=False),
+    Condition("per-frame (F+1)x1", tokens=1),
+    Condition("per-frame (F+1)xN", tokens=-1),  # -1: the pack's default N
+    Condition("oracle tokens"),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="motion_world.safetensors", help="file in the pack's models/ folder")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--targets", type=int, default=5)
+    parser.add_argument("--references", type=int, default=8, help="how many of the held-out motions")
+    parser.add_argument("--steps", type=int, default=0, help="inversion steps (0: the node's default)")
+    parser.add_argument("--learning-rate", type=float, default=0.0, help="0: the node's default")
+    parser.add_argument("--sampler-steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=2.5)
+    parser.add_argument("--options", default="{}", help="JSON overrides for Motion Inversion Options")
+    parser.add_argument("--conditions", default="", help="comma-separated subset of condition names")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 5 references, 4 targets")
+    parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
+    parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)  # one worker of --jobs
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.references, args.targets = 1, 5, 4
+    return args
+
+
+class Harness:
+    """The pack's nodes in an in-process ComfyUI, with the Motion World model loaded."""
+
+    def __init__(self, model_name: str):
+        from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
+
+        self.comfy = load_comfyui(use_pytorch_cross_attention=True)
+        self.pack = load_pack(self.comfy)
+        self.run = lambda name, **kw: run_node(self.comfy, name, **kw)
+        self.embedding_cls = pack_submodule(self.pack, "reenact_core.embedding").MotionEmbedding
+        self.model, self.clip_vision, self.vae = self.run("MotionWorldLoader", model_name=model_name)
+        self.inversion_defaults = self.pack.NODE_CLASS_MAPPINGS["MotionTextualInversion"].INPUT_TYPES()["required"]
+        self.option_defaults = {
+            name: spec[1]["default"] for name, spec in self.pack.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()["required"].items()
+        }
+        self.encoder = load_motion_encoder(Path(self.pack.__file__).parent / "models" / model_name)
+
+    def default(self, name):
+        return self.inversion_defaults[name][1]["default"]
+
+    def invert(self, clip, condition: Condition, seed: int, steps: int, lr: float, options: dict):
+        reference, _, _ = self.run(
+            "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+            custom_width=0, custom_height=0, images=clip.frames,
+        )
+        (opts,) = self.run("MotionInversionOptions", **dict(self.option_defaults, **options, per_frame_tokens=condition.per_frame))
+        tokens = self.default("tokens_per_frame") if condition.tokens < 0 else condition.tokens
+        started = time.perf_counter()
+        embedding, _ = self.run(
+            "MotionTextualInversion", model=self.model, vae=self.vae, motion_reference=reference,
+            steps=steps or self.default("steps"), learning_rate=lr or self.default("learning_rate"), tokens_per_frame=tokens,
+            video_frames=FRAMES, width=SIZE, height=SIZE, seed=seed, fps=6, motion_bucket_id=127, augmentation_level=0.0,
+            precision="fp32", gradient_checkpointing=False, clip_vision=self.clip_vision, options=opts,
+        )
+        return embedding, time.perf_counter() - started
+
+    def oracle(self, clip):
+        feats = world.motion_features(clip.motion, FRAMES)
+        with torch.no_grad():
+            spatial, temporal = self.encoder(torch.from_numpy(feats["per_frame"])[None], torch.from_numpy(feats["summary"])[None])
+        return self.embedding_cls(spatial=spatial[0].float(), temporal=temporal[0].float())
+
+    def generate(self, first_frame: torch.Tensor, embedding, strength: float, seed: int, steps: int, cfg: float) -> torch.Tensor:
+        positive, negative, latent = self.run(
+            "SVD_img2vid_Conditioning", clip_vision=self.clip_vision, init_image=first_frame[None], vae=self.vae,
+            width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=0.0,
+        )
+        positive, negative = self.run(
+            "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength
+        )
+        (guided,) = self.run("VideoLinearCFGGuidance", model=self.model, min_cfg=1.0)
+        (samples,) = self.run(
+            "KSampler", model=guided, seed=seed, steps=steps, cfg=cfg, sampler_name="euler", scheduler="karras",
+            positive=positive, negative=negative, latent_image=latent, denoise=1.0,
+        )
+        (images,) = self.run("VAEDecode", samples=samples, vae=self.vae)
+        return images.float().cpu()
+
+
+def load_motion_encoder(path: Path):
+    import safetensors.torch
+
+    from devkit.motion_world.train import MotionEncoder, TrainConfig
+
+    with __import__("safetensors").safe_open(str(path), framework="pt") as f:
+        cfg = TrainConfig(**json.loads(f.metadata()["train_config"]))
+    encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
+    state = {k[len("motion_encoder.") :]: v for k, v in safetensors.torch.load_file(str(path)).items() if k.startswith("motion_encoder.")}
+    encoder.load_state_dict(state)
+    return encoder.eval()
+
+
+def score(frames: torch.Tensor, ideal, reference_color) -> dict:
+    centers, areas = metrics.track_sprite(frames, ideal.sprite_color)
+    ideal_centers = ideal.centers.numpy()
+    lost = np.isnan(centers).any(axis=1)
+    # A lost sprite (not found at all) counts as a frame-sized miss instead of vanishing from the mean.
+    error = metrics.trajectory_error(centers, ideal_centers, lost_px=SIZE / 2)
+    return {
+        "trajectory_error": float(error),
+        "direction_agreement": float(metrics.direction_agreement(centers, ideal_centers)),
+        "area_kept": float(metrics.area_kept(areas, ideal.areas.numpy())),
+        "leakage": float(metrics.leakage(frames, reference_color, ideal.sprite_color)),
+        "lost_frames": int(lost.sum()),
+    }
+
+
+def run(args) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    harness = Harness(args.model)
+    options = json.loads(args.options)
+    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    conditions = [c for c in CONDITIONS if not names or c.name in names]
+    targets = world.target_scenes(args.targets, seed=0)
+    rows, strips = [], []
+    started = time.perf_counter()
+    seeds = [args.only_seed] if args.only_seed >= 0 else range(args.seeds)
+    for seed in seeds:
+        references = world.held_out_references(FRAMES, SIZE, seed=seed, targets=targets)[: args.references]
+        for clip in references:
+            embeddings = {}
+            for condition in conditions:
+                if condition.name == "oracle tokens":
+                    embeddings[condition.name] = (harness.oracle(clip), 1.0, None, 0.0)
+                elif condition.name == "null context":
+                    embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0)  # strength 0: the image token alone
+                else:
+                    embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
+                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds)
+            for t_index, target in enumerate(targets):
+                ideal = world.render_clip(target, clip.motion, FRAMES, SIZE)
+                generated_row = {}
+                for name, (embedding, strength, final_loss, seconds) in embeddings.items():
+                    frames = harness.generate(ideal.frames[0], embedding, strength, seed, args.sampler_steps, args.cfg)
+                    result = score(frames, ideal, clip.sprite_color)
+                    result.update(condition=name, motion=clip.motion.name, family=clip.motion.family, target=t_index, seed=seed,
+                                  final_loss=final_loss, inversion_seconds=seconds)
+                    rows.append(result)
+                    generated_row[name] = frames
+                if t_index == 0 and seed == 0:
+                    strips.append((clip, ideal, generated_row))
+            print(f"  seed {seed} {clip.motion.name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    return {"rows": rows, "strips": strips, "conditions": [c.name for c in conditions], "seconds": time.perf_counter() - started}
+
+
+def summarise(rows: list[dict], conditions: list[str]) -> dict:
+    def mean(values):
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    table = {}
+    for name in conditions:
+        picked = [r for r in rows if r["condition"] == name]
+        varying = [r for r in picked if r["family"] in TIME_VARYING]
+        table[name] = {
+            "trajectory_error": mean(r["trajectory_error"] for r in picked),
+            "trajectory_error_time_varying": mean(r["trajectory_error"] for r in varying),
+            "direction_agreement": mean(r["direction_agreement"] for r in picked),
+            "area_kept": mean(r["area_kept"] for r in picked),
+            "leakage": mean(r["leakage"] for r in picked),
+            "final_loss": mean(r["final_loss"] for r in picked),
+            "inversion_seconds": mean(r["inversion_seconds"] for r in picked),
+            "pairs": len(picked),
+        }
+    return table
+
+
+def print_table(table: dict, args, seconds: float) -> None:
+    print(f"\nMotion World transfer ({args.seeds} seeds x {args.references} held-out motions x {args.targets} targets, "
+          f"{FRAMES} frames {SIZE}x{SIZE}; {seconds / 60:.1f} min)")
+    header = f"{'condition':<24} {'traj err px':>11} {'time-varying':>12} {'direction':>9} {'area kept':>9} {'leakage':>8} {'final loss':>10} {'inv s':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, row in table.items():
+        print(f"{name:<24} {row['trajectory_error']:>11.2f} {row['trajectory_error_time_varying']:>12.2f} {row['direction_agreement']:>9.3f} "
+              f"{row['area_kept']:>9.3f} {100 * row['leakage']:>7.2f}% {row['final_loss']:>10.4f} {row['inversion_seconds']:>6.1f}")
+    oracle, null = table.get("oracle tokens"), table.get("null context")
+    full, shared = table.get("per-frame (F+1)xN"), table.get("shared token F'=1,N=1")
+    if oracle and null and full:
+        print("\nRatios measured in this run:")
+        print(f"  (F+1)xN / oracle          = {full['trajectory_error'] / oracle['trajectory_error']:.2f}   (target <= 1.25)")
+        print(f"  (F+1)xN / null            = {full['trajectory_error'] / null['trajectory_error']:.2f}   (target <= 0.40)")
+        if shared:
+            print(f"  (F+1)xN / shared, time-varying motions = "
+                  f"{full['trajectory_error_time_varying'] / shared['trajectory_error_time_varying']:.2f}   (target < 1)")
+        print(f"  oracle trajectory error   = {oracle['trajectory_error']:.2f} px (target <= {0.6 * SIZE / 16:.1f} px at {SIZE}x{SIZE}), "
+              f"area kept {oracle['area_kept']:.2f} (target >= 0.85)")
+        print(f"  leakage ((F+1)xN)         = {100 * full['leakage']:.2f}% of pixels (target < 1%)")
+
+
+def write_strips(strips, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for clip, ideal, generated in strips:
+        frames = [clip.frames, ideal.frames] + list(generated.values())
+        labels = [f"reference: {clip.motion.name}", "ideal on target"] + list(generated)
+        metrics.strip(frames, labels, out / f"{clip.motion.name}.png")
+
+
+def run_parallel(args, argv) -> dict:
+    """The seeds in separate processes (a small model does not use many cores well); rows merged."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+    workers = []
+    pending = list(range(args.seeds))
+    rows, strips = [], []
+    while pending or workers:
+        while pending and len(workers) < args.jobs:
+            seed = pending.pop(0)
+            out = args.out / f"seed{seed}"
+            cmd = [sys.executable, "-m", "bench.motion_world_bench", *argv, "--jobs", "1", "--only-seed", str(seed), "--out", str(out)]
+            workers.append((seed, out, subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)))
+        seed, out, proc = workers.pop(0)
+        if proc.wait() != 0:
+            raise SystemExit(f"seed {seed} failed")
+        rows += json.loads((out / "results.json").read_text())["rows"]
+    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    conditions = [c.name for c in CONDITIONS if not names or c.name in names]
+    return {"rows": rows, "strips": strips, "conditions": conditions, "seconds": time.perf_counter() - started}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = run_parallel(args, argv) if args.jobs > 1 and args.only_seed < 0 else run(args)
+    table = summarise(result["rows"], result["conditions"])
+    print_table(table, args, result["seconds"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_strips(result["strips"], args.out / "strips")
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "table": table, "rows": result["rows"]}, indent=1))
+    print(f"\nstrips and raw numbers in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
