@@ -49,3 +49,22 @@ def svd(comfy, svd_checkpoint):
 
     register_model_folder(comfy, "checkpoints", os.path.dirname(svd_checkpoint))
     return run_node(comfy, "ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(svd_checkpoint))
+
+
+def make_checkpoints_folder(base: Path) -> Path:
+    """``base/checkpoints`` holding svd.safetensors and svd_xt.safetensors: the deterministic random-weight
+    test checkpoints (built and cached on first use), linked under the names the workflows use."""
+    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
+
+    checkpoints = base / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "svd.safetensors").symlink_to(ensure_svd_test_checkpoint())
+    (checkpoints / "svd_xt.safetensors").symlink_to(ensure_svd_xt_test_checkpoint())
+    return checkpoints
+
+
+def comfyui_root() -> str:
+    root = os.environ.get("COMFYUI_ROOT")
+    if not root:
+        pytest.fail("set COMFYUI_ROOT to a ComfyUI checkout (./dev.sh test sets it up and exports it)")
+    return root

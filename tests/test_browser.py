@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import comfyui_root, make_checkpoints_folder
 from playwright import sync_api  # requirements-dev.txt; ./dev.sh installs it
 
 from devkit.comfy_server import PACK_FOLDER_NAME, ComfyServer, execution_error
@@ -200,16 +201,9 @@ JS_WIDGET_VALUE = """([type, name]) => (app.graph._nodes ?? app.graph.nodes).fin
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
-
-    root = os.environ.get("COMFYUI_ROOT")
-    if not root:
-        pytest.fail("COMFYUI_ROOT is not set (./dev.sh test sets it up and exports it)")
+    root = comfyui_root()
     base = tmp_path_factory.mktemp("browser")
-    checkpoints = base / "checkpoints"
-    checkpoints.mkdir()
-    (checkpoints / "svd.safetensors").symlink_to(ensure_svd_test_checkpoint())
-    (checkpoints / "svd_xt.safetensors").symlink_to(ensure_svd_xt_test_checkpoint())
+    checkpoints = make_checkpoints_folder(base)
     user = base / "server" / "user" / "default"
     # The new frontend lists these folders at start-up; a fresh user folder lacks them (404 noise).
     for sub in ("workflows", "subgraphs"):

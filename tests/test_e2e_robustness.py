@@ -29,6 +29,7 @@ import av
 import pytest
 import safetensors.torch
 import torch
+from conftest import comfyui_root, make_checkpoints_folder
 from PIL import Image
 from test_e2e_server import (
     APPLY,
@@ -67,16 +68,9 @@ DOCUMENTED = [ONE_FRAME, OTHER_WIDTH, DIVERGED, LOSS_NAN, SAVE_FAILED]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
-    root = os.environ.get("COMFYUI_ROOT")
-    if not root:
-        pytest.fail("set COMFYUI_ROOT to a ComfyUI checkout (./dev.sh test does)")
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
-
+    root = comfyui_root()
     base = tmp_path_factory.mktemp("comfy-robustness")
-    checkpoints = base / "checkpoints"
-    checkpoints.mkdir()
-    (checkpoints / "svd.safetensors").symlink_to(ensure_svd_test_checkpoint())
-    (checkpoints / "svd_xt.safetensors").symlink_to(ensure_svd_xt_test_checkpoint())
+    checkpoints = make_checkpoints_folder(base)
     srv = ComfyServer(root, base, {"checkpoints": checkpoints}, python=sys.executable, block_network=True, custom_nodes=[TEST_NODES])
     start = time.monotonic()
     srv.start()

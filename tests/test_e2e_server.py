@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import comfyui_root, make_checkpoints_folder
 from PIL import Image, ImageSequence
 
 from devkit.comfy_server import ComfyServer, PromptRejected, execution_error
@@ -50,16 +51,9 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
-    root = os.environ.get("COMFYUI_ROOT")
-    if not root:
-        pytest.fail("set COMFYUI_ROOT to a ComfyUI checkout (./dev.sh test does)")
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
-
+    root = comfyui_root()
     base = tmp_path_factory.mktemp("comfy-server")
-    checkpoints = base / "checkpoints"
-    checkpoints.mkdir()
-    (checkpoints / "svd.safetensors").symlink_to(ensure_svd_test_checkpoint())
-    (checkpoints / "svd_xt.safetensors").symlink_to(ensure_svd_xt_test_checkpoint())
+    checkpoints = make_checkpoints_folder(base)
     srv = ComfyServer(root, base, {"checkpoints": checkpoints}, python=sys.executable)
     start = time.monotonic()
     srv.start()
