@@ -27,12 +27,14 @@ REPO = Path(__file__).resolve().parent.parent
 CHECKPOINTS = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000, 5000)
 
 
-def variants(default_steps: int) -> dict[str, dict]:
+def variants(default_lr: float) -> dict[str, dict]:
+    """Settings tried against the node's defaults (InversionConfig overrides)."""
     return {
         "default": {},
-        "lr x3": {"learning_rate": None},  # filled from the default below
-        "lr /3": {"learning_rate": None},
+        "lr x3": {"learning_rate": default_lr * 3},
+        "lr /3": {"learning_rate": default_lr / 3},
         "cosine schedule": {"schedule": "cosine"},
+        "lr x3 + cosine": {"learning_rate": default_lr * 3, "schedule": "cosine"},
         "lower sigmas (log-mean 1.0)": {"sigma_log_mean": 1.0},
     }
 
@@ -43,6 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="steps of each variant (0: 3x the node's default)")
     parser.add_argument("--long", type=int, default=5000, help="steps of the long reference run")
     parser.add_argument("--reference", default="l_path_down_right", help="held-out motion name")
+    parser.add_argument("--only", default="", help="comma-separated variant names to run (the long run always runs)")
     parser.add_argument("--quick", action="store_true", help="60-step variants, 200-step long run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "convergence.json")
     args = parser.parse_args(argv)
@@ -70,9 +73,10 @@ def main(argv=None) -> None:
     eval_sigmas = core.evaluation_sigmas(base_config, 16)
 
     table = {}
-    runs = dict(variants(default_steps))
-    runs["lr x3"] = {"learning_rate": default_lr * 3}
-    runs["lr /3"] = {"learning_rate": default_lr / 3}
+    runs = variants(default_lr)
+    if args.only:
+        keep = {name.strip() for name in args.only.split(",")}
+        runs = {name: overrides for name, overrides in runs.items() if name in keep}
     runs[f"long run ({args.long} steps)"] = {"steps": args.long}
     with torch.inference_mode(False), nodes.trainable_svd(model, torch.float32, False) as (base, device):
         denoiser = nodes.ComfySVDDenoiser(base, device, 6, 127, 0.0)
