@@ -90,3 +90,18 @@ def test_apply_overhead_reports_both_graphs(tmp_path):
     assert rows["motion"]["apply_seconds"] > 0 and rows["stock"]["apply_seconds"] == 0
     table = apply_overhead.render(saved).splitlines()
     assert table[0].startswith("Apply overhead") and any("ApplyMotionEmbedding" in line for line in table[2:])
+
+
+def test_convergence_bench_scores_every_variant(tmp_path):
+    """bench.convergence in a tiny configuration on the bundled Motion World model: every variant
+    is scored at its checkpoints with finite losses, and the long run's best is the reference."""
+    from bench import convergence
+
+    out = tmp_path / "convergence.json"
+    convergence.main(["--steps", "25", "--long", "50", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == set(convergence.variants(0.01)) | {"long run (50 steps)"}
+    for run in result["runs"].values():
+        scores = {int(k): v for k, v in run["scores"].items()}
+        assert max(scores) in (25, 50) and all(math.isfinite(v) and v > 0 for v in scores.values())
+    assert result["long_best"] == min(result["runs"]["long run (50 steps)"]["scores"].values())
