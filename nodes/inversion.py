@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 
 import comfy.model_management
 import comfy.utils
 import torch
 
 from ..reenact_core.augment import Augmentations
-from ..reenact_core.fileformat import build_metadata
-from ..reenact_core.inversion import InversionConfig, encode_training_clips, initial_tokens, invert
+from ..reenact_core.inversion import InversionConfig, encode_training_clips, initial_tokens, invert, labelled_embedding
 from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
 from ..reenact_core.video import ReferenceClip, fit_frames, resample_frames
 from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, offload, require_svd, trainable_svd
@@ -162,24 +159,10 @@ class MotionTextualInversion:
         # An interrupt that came during the last step or the final evaluation: still emit nothing.
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-        metadata = build_metadata(
-            result.embedding,
-            title=f"motion from {os.path.basename(motion_reference.source.rstrip('/'))}",  # no local paths in shared files
-            steps=steps,
-            learning_rate=learning_rate,
-            seed=seed,
-            final_loss=result.final_eval_loss,
-            reference_sha256=motion_reference.sha256,
-            extra={
-                "initial_loss": result.initial_eval_loss,
-                "fps": fps,
-                "motion_bucket_id": motion_bucket_id,
-                "augmentation_level": augmentation_level,
-                "resolution": f"{width}x{height}",
-                "inversion_config": _config_summary(config),
-            },
+        embedding = labelled_embedding(
+            result, config, motion_reference.source, motion_reference.sha256,
+            fps=fps, motion_bucket_id=motion_bucket_id, augmentation_level=augmentation_level, width=width, height=height,
         )
-        embedding = result.embedding.with_metadata(**{k: v for k, v in metadata.items() if v != "None"})
         curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss)
         return (embedding, pil_to_image_batch(curve))
 
@@ -212,11 +195,6 @@ def _memory_required(model, latent_shape, checkpointing: bool) -> int:
     except TypeError:
         forward = model.model.memory_required(latent_shape)
     return int(forward * (2 if checkpointing else 4))
-
-
-def _config_summary(config: InversionConfig) -> str:
-    fields = dataclasses.asdict(config)
-    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from .diffusers_backend import (
     to_pil,
 )
 from .embedding import MotionEmbedding
-from .fileformat import EmbeddingFileError, build_metadata, load_embedding, save_embedding
+from .fileformat import EmbeddingFileError, load_embedding, save_embedding
 from .inversion import (
     InversionConfig,
     InversionDiverged,
@@ -53,6 +53,7 @@ from .inversion import (
     encode_training_clips,
     initial_tokens,
     invert,
+    labelled_embedding,
 )
 from .plot import render_loss_curve
 from .video import (
@@ -60,8 +61,10 @@ from .video import (
     ReferenceClip,
     ReferenceVideoError,
     clip_from_images,
+    encode_video,
     fit_frames,
     load_reference_video,
+    mp4_codec,
     resample_frames,
     select_and_resize,
 )
@@ -242,25 +245,10 @@ def invert_motion(
     finally:
         bar.close()
 
-    metadata = build_metadata(
-        result.embedding,
-        title=f"motion from {os.path.basename(clip.source.rstrip('/'))}",  # no local paths in shared files
-        steps=steps,
-        learning_rate=learning_rate,
-        seed=seed,
-        final_loss=result.final_eval_loss,
-        reference_sha256=clip.sha256,
-        extra={
-            "initial_loss": result.initial_eval_loss,
-            "fps": fps,
-            "motion_bucket_id": motion_bucket_id,
-            "augmentation_level": augmentation_level,
-            "resolution": f"{width}x{height}",
-            "inversion_config": ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())),
-            "backend": "diffusers",
-        },
+    result.embedding = labelled_embedding(
+        result, config, clip.source, clip.sha256, fps=fps, motion_bucket_id=motion_bucket_id,
+        augmentation_level=augmentation_level, width=width, height=height, backend="diffusers",
     )
-    result.embedding = result.embedding.with_metadata(**{k: v for k, v in metadata.items() if v != "None"})
     if output is not None:
         save_embedding(result.embedding, output)
     if loss_curve is not None:
@@ -555,18 +543,6 @@ def _write_pyav(array: np.ndarray, path: Path, fps: float, container_format: str
         if codec is None:
             raise ValueError("this PyAV build has no VP8/VP9 encoder; write .mp4 instead")
     else:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    height, width = array.shape[1:3]
-    with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18"}
-        for frame in array:
-            if frame.shape[:2] != (stream.height, stream.width):
-                frame = np.pad(frame, ((0, stream.height - height), (0, stream.width - width), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        codec = mp4_codec()
+    options = {"crf": "18"} if codec == "libx264" else {}
+    encode_video(array, path, codec, fractions.Fraction(fps).limit_denominator(1001), options=options, container_format=container_format)

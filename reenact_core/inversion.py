@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ import torch
 from .augment import Augmentations, conditioning_latent, make_variants
 from .denoiser import Denoiser
 from .embedding import CONTEXT_DIM, DEFAULT_TOKENS, MotionEmbedding, resample_rows
+from .fileformat import build_metadata
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0  # SVD's EDM range
 
@@ -300,3 +302,39 @@ class _LossScaler:
         if self.good_steps % self.growth_interval == 0:
             self.scale_value = min(self.scale_value * 2.0, 2.0**24)
         return True
+
+
+def labelled_embedding(
+    result: InversionResult,
+    config: InversionConfig,
+    reference_source: str,
+    reference_sha256: str,
+    *,
+    fps: int,
+    motion_bucket_id: int,
+    augmentation_level: float,
+    width: int,
+    height: int,
+    **extra: object,
+) -> MotionEmbedding:
+    """The learned embedding with the metadata it is saved with: how it was made, from which reference
+    (its file name and hash only: no local paths in shared files), and the loss before and after."""
+    metadata = build_metadata(
+        result.embedding,
+        title=f"motion from {os.path.basename(reference_source.rstrip('/'))}",
+        steps=config.steps,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        final_loss=result.final_eval_loss,
+        reference_sha256=reference_sha256,
+        extra={
+            "initial_loss": result.initial_eval_loss,
+            "fps": fps,
+            "motion_bucket_id": motion_bucket_id,
+            "augmentation_level": augmentation_level,
+            "resolution": f"{width}x{height}",
+            "inversion_config": ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())),
+            **extra,
+        },
+    )
+    return result.embedding.with_metadata(**{k: v for k, v in metadata.items() if v != "None"})
