@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
-
-def video_codec() -> str:
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+from reenact_core.video import encode_video, mp4_codec
 
 
 def write_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, lossless: bool = False) -> Path:
@@ -21,21 +18,12 @@ def write_video(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float 
     array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    height, width = array.shape[1:3]
     path = Path(path)
-    with av.open(str(path), "w") as container:
-        codec = video_codec()
-        options = {"qp": "0"} if lossless and codec == "libx264" else {}
-        stream = container.add_stream(codec, rate=int(round(fps)), options=options)
-        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
-        stream.pix_fmt = "yuv444p" if options else "yuv420p"
-        for frame in array:
-            if frame.shape[:2] != (stream.height, stream.width):
-                frame = np.pad(frame, ((0, stream.height - height), (0, stream.width - width), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    codec = mp4_codec()
+    lossless = lossless and codec == "libx264"
+    encode_video(
+        array, path, codec, int(round(fps)), pix_fmt="yuv444p" if lossless else "yuv420p", options={"qp": "0"} if lossless else None
+    )
     return path
 
 

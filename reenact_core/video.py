@@ -263,6 +263,30 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def mp4_codec() -> str:
+    """H.264 where this PyAV build has x264, else MPEG-4 Part 2 (always built in)."""
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def encode_video(
+    frames: np.ndarray, path: str | os.PathLike, codec: str, rate, *, pix_fmt: str = "yuv420p", options: dict | None = None, container_format: str | None = None
+) -> None:
+    """Encode uint8 frames [T, H, W, 3] with PyAV. Odd sizes are padded by one edge pixel (yuv420p
+    needs even sizes)."""
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = pix_fmt
+        for frame in frames:
+            if frame.shape[:2] != (stream.height, stream.width):
+                frame = np.pad(frame, ((0, stream.height - height), (0, stream.width - width), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 # --------------------------------------------------------------------------------------------------
 # Selection, sizing, memory
 
