@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench._common import context_dim
 from devkit.motion_world import world
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     base_config = core.InversionConfig(steps=steps, learning_rate=default_lr, tokens_per_frame=tokens, seed=0)
     with torch.inference_mode(False), torch.no_grad():
         latents = core.encode_training_clips(clip.frames, lambda x: model.model.process_latent_in(vae.encode(x)), base_config)
-    dim = model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
+    dim = context_dim(model)
     eval_sigmas = core.evaluation_sigmas(base_config, 16)
 
     table = {}
