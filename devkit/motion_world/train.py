@@ -230,7 +230,8 @@ def build_dataset(cfg: TrainConfig, ae: nn.Module):
     return torch.cat(latents), torch.cat(per_frame), torch.cat(summary), torch.cat(first_frames)
 
 
-def train_unet(cfg: TrainConfig, ae, builders, init_params, protect):
+def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dict | None = None):
+    """``resume``: tensors of a saved Motion World file to continue from (UNet, motion encoder, CLIP vision)."""
     build_unet, build_clip_vision = builders
     torch.manual_seed(cfg.seed + 3)
     base = build_unet(unet_config(cfg.context_dim, cfg.channels)).float()
@@ -244,10 +245,18 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect):
     if cfg.context == "motion":  # the motion model's CLIP vision says nothing: its image token is the null context
         torch.nn.init.zeros_(clip_model.visual_projection.weight)
         trainable_clip = []
-    else:
-        trainable_clip = list(clip_model.parameters())
+    else:  # the tower stays at its random init (ComfyUI's CLIP layers add in place, so no backward through
+        # them); its pooled features of the first frame are fixed, and the projection to the token is learned
+        trainable_clip = list(clip_model.visual_projection.parameters())
+    if resume is not None:
+        for module, prefix in ((base.diffusion_model, "model.diffusion_model."), (encoder, "motion_encoder."), (clip_model, "clip_vision.")):
+            module.load_state_dict({k[len(prefix):]: v.float() for k, v in resume.items() if k.startswith(prefix)})
+        log("continuing from the saved UNet, motion encoder and CLIP vision")
 
     latents, per_frame, summary, first_frames = build_dataset(cfg, ae)
+    if cfg.context == "appearance":
+        with torch.no_grad():
+            pooled = torch.cat([clip_model.vision_model(pixel_values=_clip_pixels(chunk))[2] for chunk in first_frames.split(100)])
     adm = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
     params = list(base.diffusion_model.parameters()) + list(encoder.parameters()) + trainable_clip
     for p in params:
@@ -278,8 +287,7 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect):
         if cfg.context == "motion":
             spatial, temporal = encoder(per_frame[idx], summary[idx])
         else:
-            pixels = first_frames[idx]
-            token = clip_model(pixel_values=_clip_pixels(pixels))[2]  # [B, D] image embedding
+            token = clip_model.visual_projection(pooled[idx])  # [B, D]: what ComfyUI's encode_image returns as image_embeds
             spatial = token[:, None, None, :].expand(b, f, 1, d)
             temporal = token[:, None, :]
         keep = (torch.rand(b, generator=gen) >= cfg.p_null).float()
@@ -316,7 +324,7 @@ def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return comfy.clip_vision.clip_preprocess(pixels).float()
 
 
-def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, seconds: float) -> None:
+def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, seconds: float, earlier: dict | None = None) -> None:
     import safetensors.torch
 
     tensors = {}
@@ -336,6 +344,9 @@ def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, s
         "final_loss": f"{sum(history[-200:]) / len(history[-200:]):.5f}",
         "train_seconds": f"{seconds:.0f}",
     }
+    if earlier is not None:  # a continued run: keep the history of the stages it started from
+        stages = json.loads(earlier.get("earlier_stages", "[]")) + [{k: earlier[k] for k in ("train_config", "final_loss", "train_seconds")}]
+        metadata["earlier_stages"] = json.dumps(stages)
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     log(f"saved {path} ({path.stat().st_size / 2**20:.1f} MB)")
@@ -346,6 +357,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "motion_world.safetensors")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder (.safetensors, AutoencoderKL keys) instead of stage 1")
+    parser.add_argument("--resume", type=Path, help="continue training this Motion World file (its autoencoder is kept; --unet-steps more steps)")
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
@@ -362,15 +374,26 @@ def main(argv=None) -> None:
     protect = pack_submodule(pack, "nodes.comfy_denoiser")._protect_saved_norm_inputs
     log(f"training Motion World ({cfg.context} context) with {json.dumps(dataclasses.asdict(cfg))}")
     start = time.perf_counter()
-    if args.autoencoder:
+    resume, earlier = None, None
+    if args.resume:
+        import safetensors
+        import safetensors.torch
+
+        resume = safetensors.torch.load_file(str(args.resume))
+        with safetensors.safe_open(str(args.resume), framework="pt") as f:
+            earlier = f.metadata()
+        ae_state = {k[len("first_stage_model."):]: v.float() for k, v in resume.items() if k.startswith("first_stage_model.")}
+        ae = mw.build_vae(VAE_CONFIG, ae_state).first_stage_model.float().eval()
+        log(f"continuing {args.resume}")
+    elif args.autoencoder:
         import safetensors.torch
 
         ae = mw.build_vae(VAE_CONFIG, safetensors.torch.load_file(str(args.autoencoder))).first_stage_model.float().eval()
         log(f"autoencoder loaded from {args.autoencoder}")
     else:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
-    unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect)
-    save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start)
+    unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect, resume)
+    save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start, earlier)
 
 
 if __name__ == "__main__":

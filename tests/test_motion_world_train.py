@@ -1,0 +1,79 @@
+"""devkit/motion_world/train.py, the script that trains the bundled Motion World model, in miniature: it
+is deterministic for a seed, it trains both contexts (motion tokens; the SVD-like variant whose context
+is an embedding of the first frame), it continues a saved file, and what it writes loads in ComfyUI
+through the pack's loader as an SVD model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+
+from devkit.comfy_env import pack_submodule
+
+TINY = ["--ae-steps", "2", "--ae-batch", "2", "--clips", "6", "--unet-steps", "2", "--unet-batch", "2", "--threads", "1"]
+
+
+def train(tmp_path, name: str, *extra: str):
+    from devkit.motion_world import train as train_script
+
+    out = tmp_path / name
+    train_script.main([*TINY, *extra, "--out", str(out)])
+    with safetensors.safe_open(str(out), framework="pt") as f:
+        metadata = f.metadata()
+    return out, safetensors.torch.load_file(str(out)), metadata
+
+
+@pytest.fixture(scope="module")
+def motion_model(tmp_path_factory, comfy, pack):
+    return train(tmp_path_factory.mktemp("train"), "motion.safetensors")
+
+
+def test_same_seed_same_file_other_seed_other_weights(tmp_path, motion_model):
+    _, first, _ = motion_model
+    _, again, _ = train(tmp_path, "again.safetensors")
+    _, other, _ = train(tmp_path, "other.safetensors", "--seed", "1")
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def load(pack, path):
+    return pack_submodule(pack.module, "nodes.motion_world").load_motion_world(str(path))
+
+
+def test_written_file_loads_as_svd_and_its_image_token_is_the_null_context(comfy, pack, motion_model):
+    import comfy.model_base
+
+    path, _, metadata = motion_model
+    model, clip_vision, _ = load(pack, path)
+    assert isinstance(model.model, comfy.model_base.SVD_img2vid)
+    assert metadata["context"] == "motion" and json.loads(metadata["train_config"])["unet_steps"] == 2
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        embeds = clip_vision.encode_image(torch.rand(2, 64, 64, 3)).image_embeds
+    assert embeds.shape[-1] == 64 and torch.count_nonzero(embeds) == 0
+
+
+def test_appearance_variant_context_is_an_embedding_of_the_first_frame(comfy, pack, tmp_path):
+    path, tensors, metadata = train(tmp_path, "appearance.safetensors", "--context", "appearance")
+    assert metadata["context"] == "appearance"
+    assert torch.count_nonzero(tensors["clip_vision.visual_projection.weight"]) > 0
+    _, clip_vision, _ = load(pack, path)
+    images = torch.stack([torch.full((64, 64, 3), 0.2), torch.full((64, 64, 3), 0.8)])
+    with torch.inference_mode():
+        embeds = clip_vision.encode_image(images).image_embeds.float()
+    assert embeds.shape == (2, 64) and not torch.allclose(embeds[0], embeds[1])
+
+
+def test_resume_keeps_the_autoencoder_trains_on_and_records_the_earlier_stage(tmp_path, motion_model):
+    path, before, before_meta = motion_model
+    _, after, metadata = train(tmp_path, "continued.safetensors", "--resume", str(path), "--seed", "1")
+    autoencoder = [k for k in before if k.startswith("first_stage_model.")]
+    unet = [k for k in before if k.startswith("model.diffusion_model.")]
+    assert autoencoder and all(torch.equal(before[k], after[k]) for k in autoencoder)
+    assert not all(torch.equal(before[k], after[k]) for k in unet)
+    stages = json.loads(metadata["earlier_stages"])
+    assert stages == [{k: before_meta[k] for k in ("train_config", "final_loss", "train_seconds")}]
