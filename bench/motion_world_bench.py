@@ -39,20 +39,38 @@ class Condition:
     name: str
     tokens: int = 0  # 0: no inversion
     per_frame: bool = True
+    options: tuple = ()  # (name, value) pairs for Motion Inversion Options (augmentations, noise levels)
+    lr_factor: float = 1.0  # times --learning-rate (or the node's default)
+
+
+FULL = -1  # tokens: the pack's default N
 
 
 CONDITIONS = (
     Condition("null context"),
     Condition("shared token F'=1,N=1", tokens=1, per_frame=False),
     Condition("per-frame (F+1)x1", tokens=1),
-    Condition("per-frame (F+1)xN", tokens=-1),  # -1: the pack's default N
+    Condition("per-frame (F+1)xN", tokens=FULL),
     Condition("oracle tokens"),
+)
+
+# --sweep: the anti-leakage augmentations and inversion settings, each as (F+1)xN with one thing changed.
+SWEEP = (
+    Condition("null context"),
+    Condition("per-frame (F+1)xN", tokens=FULL),
+    Condition("+ colour jitter 0.3", tokens=FULL, options=(("color_jitter", 0.3),)),
+    Condition("+ conditioning noise 0.1", tokens=FULL, options=(("cond_noise", 0.1),)),
+    Condition("+ random conditioning frame", tokens=FULL, options=(("random_cond_frame", True),)),
+    Condition("+ random crop 0.8", tokens=FULL, options=(("crop_scale", 0.8),)),
+    Condition("+ all four", tokens=FULL, options=(("color_jitter", 0.3), ("cond_noise", 0.1), ("random_cond_frame", True), ("crop_scale", 0.8))),
+    Condition("lr x3", tokens=FULL, lr_factor=3.0),
+    Condition("sigma log-mean 1.0", tokens=FULL, options=(("sigma_log_mean", 1.0),)),
 )
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="motion_world.safetensors", help="file in the pack's models/ folder")
+    parser.add_argument("--model", default="motion_world.safetensors", help="file in the pack's models/ folder, or a path")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--references", type=int, default=8, help="how many of the held-out motions")
@@ -61,7 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--sampler-steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=2.5)
     parser.add_argument("--options", default="{}", help="JSON overrides for Motion Inversion Options")
-    parser.add_argument("--conditions", default="", help="comma-separated subset of condition names")
+    parser.add_argument("--conditions", default="", help="semicolon-separated subset of condition names")
+    parser.add_argument("--sweep", action="store_true", help="measure the augmentations and inversion settings instead (see SWEEP)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 5 references, 4 targets")
     parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)  # one worker of --jobs
@@ -82,12 +101,20 @@ class Harness:
         self.pack = load_pack(self.comfy)
         self.run = lambda name, **kw: run_node(self.comfy, name, **kw)
         self.embedding_cls = pack_submodule(self.pack, "reenact_core.embedding").MotionEmbedding
-        self.model, self.clip_vision, self.vae = self.run("MotionWorldLoader", model_name=model_name)
+        bundled = Path(self.pack.__file__).parent / "models" / model_name
+        if bundled.is_file():  # through the node, as a user loads it
+            self.model, self.clip_vision, self.vae = self.run("MotionWorldLoader", model_name=model_name)
+            path = bundled
+        else:  # a model trained elsewhere (e.g. the SVD-like variant): the node's own loading function
+            path = Path(model_name).resolve()
+            self.model, self.clip_vision, self.vae = pack_submodule(self.pack, "nodes.motion_world").load_motion_world(str(path))
+        with __import__("safetensors").safe_open(str(path), framework="pt") as f:
+            self.context = f.metadata().get("context", "motion")
         self.inversion_defaults = self.pack.NODE_CLASS_MAPPINGS["MotionTextualInversion"].INPUT_TYPES()["required"]
         self.option_defaults = {
             name: spec[1]["default"] for name, spec in self.pack.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()["required"].items()
         }
-        self.encoder = load_motion_encoder(Path(self.pack.__file__).parent / "models" / model_name)
+        self.encoder = load_motion_encoder(path)
 
     def default(self, name):
         return self.inversion_defaults[name][1]["default"]
@@ -97,12 +124,14 @@ class Harness:
             "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
             custom_width=0, custom_height=0, images=clip.frames,
         )
-        (opts,) = self.run("MotionInversionOptions", **dict(self.option_defaults, **options, per_frame_tokens=condition.per_frame))
-        tokens = self.default("tokens_per_frame") if condition.tokens < 0 else condition.tokens
+        settings = dict(self.option_defaults, **options, **dict(condition.options), per_frame_tokens=condition.per_frame)
+        (opts,) = self.run("MotionInversionOptions", **settings)
+        tokens = self.default("tokens_per_frame") if condition.tokens == FULL else condition.tokens
+        lr = (lr or self.default("learning_rate")) * condition.lr_factor
         started = time.perf_counter()
         embedding, _ = self.run(
             "MotionTextualInversion", model=self.model, vae=self.vae, motion_reference=reference,
-            steps=steps or self.default("steps"), learning_rate=lr or self.default("learning_rate"), tokens_per_frame=tokens,
+            steps=steps or self.default("steps"), learning_rate=lr, tokens_per_frame=tokens,
             video_frames=FRAMES, width=SIZE, height=SIZE, seed=seed, fps=6, motion_bucket_id=127, augmentation_level=0.0,
             precision="fp32", gradient_checkpointing=False, clip_vision=self.clip_vision, options=opts,
         )
@@ -163,8 +192,9 @@ def run(args) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     harness = Harness(args.model)
     options = json.loads(args.options)
-    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    conditions = [c for c in CONDITIONS if not names or c.name in names]
+    conditions = selected_conditions(args)
+    if harness.context != "motion":  # its motion encoder was never trained: there are no oracle tokens
+        conditions = [c for c in conditions if c.name != "oracle tokens"]
     targets = world.target_scenes(args.targets, seed=0)
     rows, strips = [], []
     started = time.perf_counter()
@@ -175,26 +205,32 @@ def run(args) -> dict:
             embeddings = {}
             for condition in conditions:
                 if condition.name == "oracle tokens":
-                    embeddings[condition.name] = (harness.oracle(clip), 1.0, None, 0.0)
+                    embeddings[condition.name] = (harness.oracle(clip), 1.0, None, 0.0, "")
                 elif condition.name == "null context":
-                    embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0)  # strength 0: the image token alone
+                    embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0, "")  # strength 0: the image token alone
                 else:
                     embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
-                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds)
+                    settings = embedding.metadata["inversion_config"]  # what the node actually ran with
+                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds, settings)
             for t_index, target in enumerate(targets):
                 ideal = world.render_clip(target, clip.motion, FRAMES, SIZE)
                 generated_row = {}
-                for name, (embedding, strength, final_loss, seconds) in embeddings.items():
+                for name, (embedding, strength, final_loss, seconds, settings) in embeddings.items():
                     frames = harness.generate(ideal.frames[0], embedding, strength, seed, args.sampler_steps, args.cfg)
                     result = score(frames, ideal, clip.sprite_color)
                     result.update(condition=name, motion=clip.motion.name, family=clip.motion.family, target=t_index, seed=seed,
-                                  final_loss=final_loss, inversion_seconds=seconds)
+                                  final_loss=final_loss, inversion_seconds=seconds, inversion_config=settings)
                     rows.append(result)
                     generated_row[name] = frames
                 if t_index == 0 and seed == 0:
                     strips.append((clip, ideal, generated_row))
             print(f"  seed {seed} {clip.motion.name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     return {"rows": rows, "strips": strips, "conditions": [c.name for c in conditions], "seconds": time.perf_counter() - started}
+
+
+def selected_conditions(args) -> list[Condition]:
+    names = [c.strip() for c in args.conditions.split(";") if c.strip()]
+    return [c for c in (SWEEP if args.sweep else CONDITIONS) if not names or c.name in names]
 
 
 def summarise(rows: list[dict], conditions: list[str]) -> dict:
@@ -205,6 +241,8 @@ def summarise(rows: list[dict], conditions: list[str]) -> dict:
     table = {}
     for name in conditions:
         picked = [r for r in rows if r["condition"] == name]
+        if not picked:
+            continue
         varying = [r for r in picked if r["family"] in TIME_VARYING]
         table[name] = {
             "trajectory_error": mean(r["trajectory_error"] for r in picked),
@@ -270,8 +308,7 @@ def run_parallel(args, argv) -> dict:
         if proc.wait() != 0:
             raise SystemExit(f"seed {seed} failed")
         rows += json.loads((out / "results.json").read_text())["rows"]
-    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    conditions = [c.name for c in CONDITIONS if not names or c.name in names]
+    conditions = [c.name for c in selected_conditions(args)]
     return {"rows": rows, "strips": strips, "conditions": conditions, "seconds": time.perf_counter() - started}
 
 
