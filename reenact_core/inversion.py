@@ -134,6 +134,8 @@ def initial_tokens(
         if embeds.shape != (frames, dim):
             raise ValueError(f"frame image embeddings must be [{frames}, {dim}], got {tuple(embeds.shape)}")
         scale = float(embeds.std()) if embeds.numel() > 1 else 1.0
+        if not scale > 1e-6:  # a constant (e.g. all-zero) image embedding would leave the N tokens identical
+            scale = 1.0
         row_embeds = embeds if config.per_frame_tokens else embeds.mean(0, keepdim=True)
         spatial = row_embeds[:, None, :].expand(rows, n, dim)
         temporal = embeds[0][None, :].expand(n, dim)

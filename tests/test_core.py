@@ -189,6 +189,14 @@ def test_initial_tokens_from_clip_embeddings():
         initial_tokens(5, config, torch.Generator(), embeds, dim=DIM)
 
 
+def test_initial_tokens_break_symmetry_even_from_an_all_zero_image_embedding():
+    """A CLIP tower that says nothing (Motion World's) gives all-zero embeddings: noise relative to their
+    std would be zero, and N identical tokens get identical gradients forever (N would act as 1)."""
+    init = initial_tokens(4, InversionConfig(tokens_per_frame=3), torch.Generator(), torch.zeros(4, DIM), dim=DIM)
+    for tokens in (*init.spatial, init.temporal):
+        assert torch.cdist(tokens, tokens).fill_diagonal_(1.0).min() > 0.01
+
+
 def test_config_rejects_bad_values():
     for bad in (dict(steps=0), dict(learning_rate=0.0), dict(learning_rate=float("nan")), dict(schedule="linear"), dict(tokens_per_frame=0)):
         with pytest.raises(ValueError):
