@@ -101,7 +101,14 @@ PYAV_OUTPUTS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm
 PILLOW_OUTPUTS = {".webp": "WEBP", ".gif": "GIF"}
 
 
-def inversion_config(*, steps: int = 1000, learning_rate: float = 1e-2, tokens_per_frame: int = 5, seed: int = 0, **options) -> InversionConfig:
+def inversion_config(
+    *,
+    steps: int = InversionConfig.steps,
+    learning_rate: float = InversionConfig.learning_rate,
+    tokens_per_frame: int = InversionConfig.tokens_per_frame,
+    seed: int = 0,
+    **options,
+) -> InversionConfig:
     """InversionConfig from the node inputs and Motion Inversion Options' settings (same names, same defaults)."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
@@ -163,9 +170,9 @@ def invert_motion(
     model,
     *,
     output: str | os.PathLike | None = None,
-    steps: int = 1000,
-    learning_rate: float = 1e-2,
-    tokens_per_frame: int = 5,
+    steps: int = InversionConfig.steps,
+    learning_rate: float = InversionConfig.learning_rate,
+    tokens_per_frame: int = InversionConfig.tokens_per_frame,
     video_frames: int = VIDEO_FRAMES,
     width: int = WIDTH,
     height: int = HEIGHT,

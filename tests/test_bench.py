@@ -101,7 +101,7 @@ def test_convergence_bench_scores_every_variant(tmp_path):
     convergence.main(["--steps", "25", "--long", "50", "--eval-draws", "4", "--out", str(out)])
     result = json.loads(out.read_text())
     longs = convergence.long_runs(50)
-    assert set(result["runs"]) == set(convergence.variants(result["default_steps"])) | set(longs)
+    assert set(result["runs"]) == set(convergence.variants()) | set(longs)
     for run in result["runs"].values():
         scores = {int(k): v for k, v in run["scores"].items()}
         assert max(scores) in (25, 50) and all(math.isfinite(v) and v > 0 for v in scores.values())
@@ -136,9 +136,11 @@ def test_motion_world_bench_sweep_runs_each_setting_through_the_options_node(tmp
 
     out = tmp_path / "sweep"
     motion_world_bench.main(["--sweep", "--seeds", "1", "--references", "1", "--targets", "1", "--steps", "3", "--sampler-steps", "2",
-                             "--learning-rate", "0.01", "--conditions", "+ all four;lr x3", "--out", str(out)])
+                             "--conditions", "+ all four;lr 1e-2 constant (published recipe's rate)", "--out", str(out)])
     rows = {r["condition"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     augmented = rows["+ all four"]["inversion_config"]
     for setting in ("color_jitter': 0.3", "cond_noise': 0.1", "random_cond_frame': True", "crop_scale': 0.8"):
         assert setting in augmented, augmented
-    assert "learning_rate=0.03" in rows["lr x3"]["inversion_config"] and "color_jitter': 0.0" in rows["lr x3"]["inversion_config"]
+    recipe = rows["lr 1e-2 constant (published recipe's rate)"]["inversion_config"]
+    assert "learning_rate=0.01" in recipe and "schedule=constant" in recipe and "color_jitter': 0.0" in recipe
+    assert "schedule=cosine" in augmented  # the node's default
