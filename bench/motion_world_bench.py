@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devkit.make_workflows import MOTION_WORLD_LR, MOTION_WORLD_STEPS
 from devkit.motion_world import metrics, world
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ class Condition:
     tokens: int = 0  # 0: no inversion
     per_frame: bool = True
     options: tuple = ()  # (name, value) pairs for Motion Inversion Options (augmentations, noise levels)
-    lr_factor: float = 1.0  # times --learning-rate (or the node's default)
+    learning_rate: float = 0.0  # 0: --learning-rate, or the node's default
 
 
 FULL = -1  # tokens: the pack's default N
@@ -63,7 +64,7 @@ SWEEP = (
     Condition("+ random conditioning frame", tokens=FULL, options=(("random_cond_frame", True),)),
     Condition("+ random crop 0.8", tokens=FULL, options=(("crop_scale", 0.8),)),
     Condition("+ all four", tokens=FULL, options=(("color_jitter", 0.3), ("cond_noise", 0.1), ("random_cond_frame", True), ("crop_scale", 0.8))),
-    Condition("lr x3", tokens=FULL, lr_factor=3.0),
+    Condition("lr 1e-2 constant (published recipe's rate)", tokens=FULL, learning_rate=1e-2, options=(("schedule", "constant"),)),
     Condition("sigma log-mean 1.0", tokens=FULL, options=(("sigma_log_mean", 1.0),)),
 )
 
@@ -74,8 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--references", type=int, default=8, help="how many of the held-out motions")
-    parser.add_argument("--steps", type=int, default=0, help="inversion steps (0: the node's default)")
-    parser.add_argument("--learning-rate", type=float, default=0.0, help="0: the node's default")
+    parser.add_argument("--steps", type=int, default=MOTION_WORLD_STEPS, help="inversion steps (default: the Motion World workflow's; 0: the node's default)")
+    parser.add_argument("--learning-rate", type=float, default=MOTION_WORLD_LR, help="default: the Motion World workflow's; 0: the node's default")
     parser.add_argument("--sampler-steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=2.5)
     parser.add_argument("--options", default="{}", help="JSON overrides for Motion Inversion Options")
@@ -102,7 +103,7 @@ class Harness:
         self.run = lambda name, **kw: run_node(self.comfy, name, **kw)
         self.embedding_cls = pack_submodule(self.pack, "reenact_core.embedding").MotionEmbedding
         bundled = Path(self.pack.__file__).parent / "models" / model_name
-        if bundled.is_file():  # through the node, as a user loads it
+        if Path(model_name).name == model_name and bundled.is_file():  # through the node, as a user loads it
             self.model, self.clip_vision, self.vae = self.run("MotionWorldLoader", model_name=model_name)
             path = bundled
         else:  # a model trained elsewhere (e.g. the SVD-like variant): the node's own loading function
@@ -127,7 +128,7 @@ class Harness:
         settings = dict(self.option_defaults, **options, **dict(condition.options), per_frame_tokens=condition.per_frame)
         (opts,) = self.run("MotionInversionOptions", **settings)
         tokens = self.default("tokens_per_frame") if condition.tokens == FULL else condition.tokens
-        lr = (lr or self.default("learning_rate")) * condition.lr_factor
+        lr = condition.learning_rate or lr or self.default("learning_rate")
         started = time.perf_counter()
         embedding, _ = self.run(
             "MotionTextualInversion", model=self.model, vae=self.vae, motion_reference=reference,

@@ -209,7 +209,7 @@ def test_warmup_and_cosine_schedule():
     config = InversionConfig(steps=100, schedule="cosine")
     assert _lr_factor(0, config) == pytest.approx(0.1) and _lr_factor(9, config) == pytest.approx(1.0)
     assert _lr_factor(99, config) < 0.01
-    assert _lr_factor(50, InversionConfig(steps=100)) == 1.0
+    assert _lr_factor(50, InversionConfig(steps=100, schedule="constant")) == 1.0
 
 
 # ---- augmentations -------------------------------------------------------------------------------
