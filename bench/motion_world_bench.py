@@ -1,7 +1,8 @@
 """Motion World transfer benchmark: does the pack transfer motion, or merely run?
 
-    COMFYUI_ROOT=... python -m bench.motion_world_bench                 # the table, ~20-30 min on 2 cores
-    COMFYUI_ROOT=... python -m bench.motion_world_bench --quick         # 1 seed, fewer pairs (~5 min)
+    COMFYUI_ROOT=... python -m bench.motion_world_bench --jobs 2        # the table: 3 seeds x 8 x 5, ~45 min on 2 cores
+    COMFYUI_ROOT=... python -m bench.motion_world_bench --quick         # 1 seed x 5 x 4 (~10 min)
+    COMFYUI_ROOT=... python -m bench.motion_world_bench --sweep --quick # augmentations and inversion settings
 
 Held-out reference motions (never seen in training) are inverted and applied to target scenes that
 differ in shape, colour, position and background, all through the pack's own nodes in a real
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import safetensors
 import torch
 
 from devkit.make_workflows import MOTION_WORLD_LR, MOTION_WORLD_STEPS
@@ -109,7 +111,7 @@ class Harness:
         else:  # a model trained elsewhere (e.g. the SVD-like variant): the node's own loading function
             path = Path(model_name).resolve()
             self.model, self.clip_vision, self.vae = pack_submodule(self.pack, "nodes.motion_world").load_motion_world(str(path))
-        with __import__("safetensors").safe_open(str(path), framework="pt") as f:
+        with safetensors.safe_open(str(path), framework="pt") as f:
             self.context = f.metadata().get("context", "motion")
         self.inversion_defaults = self.pack.NODE_CLASS_MAPPINGS["MotionTextualInversion"].INPUT_TYPES()["required"]
         self.option_defaults = {
@@ -166,7 +168,7 @@ def load_motion_encoder(path: Path):
 
     from devkit.motion_world.train import MotionEncoder, TrainConfig
 
-    with __import__("safetensors").safe_open(str(path), framework="pt") as f:
+    with safetensors.safe_open(str(path), framework="pt") as f:
         cfg = TrainConfig(**json.loads(f.metadata()["train_config"]))
     encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
     state = {k[len("motion_encoder.") :]: v for k, v in safetensors.torch.load_file(str(path)).items() if k.startswith("motion_encoder.")}
