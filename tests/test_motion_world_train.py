@@ -77,3 +77,17 @@ def test_resume_keeps_the_autoencoder_trains_on_and_records_the_earlier_stage(tm
     assert not all(torch.equal(before[k], after[k]) for k in unet)
     stages = json.loads(metadata["earlier_stages"])
     assert stages == [{k: before_meta[k] for k in ("train_config", "final_loss", "train_seconds")}]
+
+
+def test_decoder_stage_changes_only_the_decoder_so_the_unets_latent_space_stands(tmp_path, motion_model):
+    path, before, before_meta = motion_model
+    # --ae-batch 8 with --decoder-on-unet 1.0: one whole clip per batch goes through the resumed UNet first
+    _, after, metadata = train(
+        tmp_path, "decoder.safetensors", "--resume", str(path), "--unet-steps", "0", "--decoder-steps", "2", "--ae-batch", "8",
+        "--decoder-on-unet", "1.0",
+    )
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")) for k in changed)
+    assert metadata["final_loss"] == before_meta["final_loss"]  # the UNet did not train
+    assert json.loads(metadata["earlier_stages"])[-1]["train_config"] == before_meta["train_config"]

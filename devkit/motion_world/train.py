@@ -80,6 +80,10 @@ class TrainConfig:
     ae_steps: int = 3000
     ae_batch: int = 32
     ae_lr: float = 1e-3
+    decoder_steps: int = 0  # stage 3: the decoder learns to tolerate the latent errors a diffusion model leaves
+    decoder_noise: float = 0.3  # largest latent noise std it sees (unit-variance latent units)
+    decoder_lr: float = 3e-4
+    decoder_on_unet: float = 0.0  # share of its batch decoded from the UNet's own one-step denoising of training clips
     clips: int = 6000  # pre-rendered training clips for the UNet stage
     unet_steps: int = 4000
     unet_batch: int = 12
@@ -191,13 +195,18 @@ def _report_autoencoder(ae: nn.Module, cfg: TrainConfig) -> None:
     """How well positions survive the autoencoder (the benchmark measures motion on decoded frames)."""
     from devkit.motion_world import metrics
 
-    errors, pixel_errors = [], []
-    for clip in world.held_out_references(cfg.frames, cfg.size, seed=cfg.seed + 7):
-        recon = ae_decode(ae, ae_encode_mean(ae, clip.frames)).clamp(0, 1)
-        centers, _ = metrics.track_sprite(recon, clip.sprite_color)
-        errors.append(float(np.nanmean(np.linalg.norm(centers - clip.centers.numpy(), axis=1))))
-        pixel_errors.append(float((recon - clip.frames).abs().mean()))
-    log(f"autoencoder on held-out clips: sprite position error {np.mean(errors):.3f} px, mean abs pixel error {np.mean(pixel_errors):.4f}")
+    gen = torch.Generator().manual_seed(7)
+    for noise in (0.0, 0.2):  # exact latents, and latents as wrong as a small UNet leaves them
+        errors, areas, pixel_errors = [], [], []
+        for clip in world.held_out_references(cfg.frames, cfg.size, seed=cfg.seed + 7):
+            z = ae_encode_mean(ae, clip.frames)
+            recon = ae_decode(ae, z + noise / LATENT_SCALE * torch.randn(z.shape, generator=gen)).clamp(0, 1)
+            centers, area = metrics.track_sprite(recon, clip.sprite_color)
+            errors.append(float(np.nanmean(np.linalg.norm(centers - clip.centers.numpy(), axis=1))))
+            areas.append(metrics.area_kept(area, clip.areas.numpy()))
+            pixel_errors.append(float((recon - clip.frames).abs().mean()))
+        log(f"autoencoder on held-out clips, latent noise {noise}: sprite position error {np.mean(errors):.3f} px, "
+            f"area kept {np.mean(areas):.3f}, mean abs pixel error {np.mean(pixel_errors):.4f}")
 
 
 @torch.no_grad()
@@ -214,6 +223,51 @@ def _make_deterministic_and_scaled(ae: nn.Module, cfg: TrainConfig) -> None:
     ae.quant_conv.bias[z:] = -30.0  # log-variance: std e^-15, no sampling noise
     ae.post_quant_conv.weight /= factor
     log(f"autoencoder latents rescaled by {factor:.3f} (raw std was {std:.3f})")
+
+
+def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Module:
+    """Stage 3: the decoder learns to decode slightly wrong latents into clean frames; the encoder (and so the
+    latent space the UNet learned) stays as it is. Without this, a latent error of 0.2 (in unit-variance latent
+    units, well within what a small UNet leaves) already costs a third of the sprite's area and its colour."""
+    torch.manual_seed(cfg.seed + 6)
+    decoder = list(ae.decoder.parameters()) + list(ae.post_quant_conv.parameters())
+    ae.requires_grad_(False)
+    for p in decoder:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(decoder, lr=cfg.decoder_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 6)
+    gen = torch.Generator().manual_seed(cfg.seed + 6)
+    start = time.perf_counter()
+    ae.train()
+    for step in range(cfg.decoder_steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.decoder_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
+        pixels, _, _ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        x = pixels[torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))]
+        with torch.no_grad():
+            z = ae_encode_mean(ae, x)
+        # per-sample noise std uniform in [0, decoder_noise] (so clean latents still decode exactly)
+        std = cfg.decoder_noise * torch.rand(cfg.ae_batch, 1, 1, 1, generator=gen) / LATENT_SCALE
+        z = z + std * torch.randn(z.shape, generator=gen)
+        unet_clips = round(cfg.decoder_on_unet * cfg.ae_batch / cfg.frames)
+        if denoiser is not None and unet_clips:  # whole clips, as the UNet sees them; every frame is decoded
+            clip_pixels, per_frame, summary = render_batch(rng, unet_clips, cfg.frames, cfg.size)
+            with torch.no_grad():
+                raw = ae_encode_mean(ae, clip_pixels.flatten(0, 1)).unflatten(0, clip_pixels.shape[:2])
+                log_sigma = math.log(0.05) + (math.log(1.5) - math.log(0.05)) * torch.rand(unet_clips, generator=gen)
+                z = torch.cat([z, denoiser(raw, per_frame, summary, log_sigma.exp(), gen) / LATENT_SCALE])
+            x = torch.cat([x, clip_pixels.flatten(0, 1)])
+        recon = ae_decode(ae, z)
+        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        opt.step()
+        if step % 100 == 0 or step == cfg.decoder_steps - 1:
+            log(f"decoder step {step + 1}/{cfg.decoder_steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+    ae.requires_grad_(False).eval()
+    _report_autoencoder(ae, cfg)
+    return ae
 
 
 @torch.no_grad()
@@ -293,12 +347,7 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         keep = (torch.rand(b, generator=gen) >= cfg.p_null).float()
         spatial = spatial * keep[:, None, None, None]
         temporal = temporal * keep[:, None, None]
-        context = spatial.flatten(0, 1)
-        time_context = temporal[:, None].expand(-1, f, -1, -1).flatten(0, 1)
-        out = base.apply_model(
-            noisy, sigma_frames, c_concat=concat, c_crossattn=context, time_context=time_context,
-            y=adm.expand(b * f, -1), num_video_frames=f,
-        )
+        out = predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
         weight = (sigma_frames**2 + 1) / sigma_frames**2
         loss = (weight[:, None, None, None] * (out - x0) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -317,6 +366,34 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
     return ema, ema_encoder, ema_clip, history
 
 
+def predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal):
+    """The UNet's denoised latents (scaled) for [B*F] noisy frames, as ComfyUI's SVD conditioning feeds it: the
+    first frame's latent concatenated, frame f's tokens to the spatial cross-attention, the shared ones to the
+    temporal cross-attention."""
+    b, f = spatial.shape[:2]
+    time_context = temporal[:, None].expand(-1, f, -1, -1).flatten(0, 1)
+    return base.apply_model(
+        noisy, sigma_frames, c_concat=concat, c_crossattn=spatial.flatten(0, 1), time_context=time_context,
+        y=adm.expand(b * f, -1), num_video_frames=f,
+    )
+
+
+def unet_denoiser(cfg: TrainConfig, base, encoder):
+    """(raw latents [B, F, 4, h, w], motion features, sigma [B], generator) -> one-step denoised latents [B*F, ...]
+    (scaled), with the motion tokens of the clip's true trajectory."""
+    adm = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
+
+    def denoise(raw, per_frame, summary, sigma, gen):
+        x0 = raw.flatten(0, 1) * LATENT_SCALE
+        concat = raw[:, :1].expand(-1, cfg.frames, -1, -1, -1).flatten(0, 1)
+        sigma_frames = sigma.repeat_interleave(cfg.frames)
+        noisy = x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+        spatial, temporal = encoder(per_frame, summary)
+        return predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
+
+    return denoise
+
+
 def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """ComfyUI's CLIP preprocessing (resize to 224, normalise), differentiable."""
     import comfy.clip_vision
@@ -324,14 +401,22 @@ def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return comfy.clip_vision.clip_preprocess(pixels).float()
 
 
+def _prefixed(prefix: str, module: nn.Module, dtype=torch.float16) -> dict:
+    return {f"{prefix}{k}": v.to(dtype) for k, v in module.state_dict().items()}
+
+
 def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, seconds: float, earlier: dict | None = None) -> None:
+    tensors = {
+        **_prefixed("model.diffusion_model.", unet), **_prefixed("first_stage_model.", ae), **_prefixed("clip_vision.", clip_model),
+        **_prefixed("motion_encoder.", encoder, torch.float32),
+    }
+    save_tensors(path, tensors, cfg, earlier, seconds, final_loss=sum(history[-200:]) / len(history[-200:]))
+
+
+def save_tensors(path: Path, tensors: dict, cfg: TrainConfig, earlier: dict | None, seconds: float, final_loss: float | None = None) -> None:
+    """``final_loss``: the UNet's; None when this run did not train it (the earlier stage's loss stands)."""
     import safetensors.torch
 
-    tensors = {}
-    tensors.update({f"model.diffusion_model.{k}": v.half() for k, v in unet.state_dict().items()})
-    tensors.update({f"first_stage_model.{k}": v.half() for k, v in ae.state_dict().items()})
-    tensors.update({f"clip_vision.{k}": v.half() for k, v in clip_model.state_dict().items()})
-    tensors.update({f"motion_encoder.{k}": v.float() for k, v in encoder.state_dict().items()})
     metadata = {
         "format": FORMAT,
         "unet_config": json.dumps(unet_config(cfg.context_dim, cfg.channels), sort_keys=True),
@@ -341,7 +426,7 @@ def save(path: Path, cfg: TrainConfig, unet, ae, clip_model, encoder, history, s
         "frames": str(cfg.frames),
         "size": str(cfg.size),
         "context": cfg.context,
-        "final_loss": f"{sum(history[-200:]) / len(history[-200:]):.5f}",
+        "final_loss": f"{final_loss:.5f}" if final_loss is not None else earlier["final_loss"],
         "train_seconds": f"{seconds:.0f}",
     }
     if earlier is not None:  # a continued run: keep the history of the stages it started from
@@ -392,6 +477,18 @@ def main(argv=None) -> None:
         log(f"autoencoder loaded from {args.autoencoder}")
     else:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
+    if cfg.decoder_steps:
+        denoiser = None
+        if cfg.decoder_on_unet and resume is not None:  # the resumed file's UNet, as it samples
+            base = mw.build_unet(unet_config(cfg.context_dim, cfg.channels)).float().eval()
+            base.diffusion_model.load_state_dict({k[len("model.diffusion_model."):]: v.float() for k, v in resume.items() if k.startswith("model.diffusion_model.")})
+            encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
+            encoder.load_state_dict({k[len("motion_encoder."):]: v.float() for k, v in resume.items() if k.startswith("motion_encoder.")})
+            denoiser = unet_denoiser(cfg, base, encoder.eval())
+        ae = finetune_decoder(cfg, ae, denoiser)
+    if resume is not None and cfg.unet_steps == 0:  # only the decoder changed: the rest is the resumed file's
+        save_tensors(args.out, {**resume, **_prefixed("first_stage_model.", ae)}, cfg, earlier, time.perf_counter() - start)
+        return
     unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect, resume)
     save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start, earlier)
 
