@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from devkit.comfy_env import run_node
+from devkit.make_workflows import MOTION_WORLD_CFG
 from devkit.motion_world import metrics, world
 
 FRAMES, SIZE = 8, 64
@@ -48,7 +49,7 @@ def generate(comfy, motion_world, first_frame, embedding, strength):
     positive, negative = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength)
     (guided,) = run_node(comfy, "VideoLinearCFGGuidance", model=model, min_cfg=1.0)
     (samples,) = run_node(
-        comfy, "KSampler", model=guided, seed=0, steps=20, cfg=2.5, sampler_name="euler", scheduler="karras",
+        comfy, "KSampler", model=guided, seed=0, steps=20, cfg=MOTION_WORLD_CFG, sampler_name="euler", scheduler="karras",
         positive=positive, negative=negative, latent_image=latent, denoise=1.0,
     )
     (images,) = run_node(comfy, "VAEDecode", samples=samples, vae=vae)
