@@ -91,3 +91,10 @@ def test_decoder_stage_changes_only_the_decoder_so_the_unets_latent_space_stands
     assert changed and all(k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")) for k in changed)
     assert metadata["final_loss"] == before_meta["final_loss"]  # the UNet did not train
     assert json.loads(metadata["earlier_stages"])[-1]["train_config"] == before_meta["train_config"]
+
+
+def test_decoder_stage_on_unet_predictions_without_a_unet_says_what_to_give(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(tmp_path, "x.safetensors", "--decoder-steps", "2", "--decoder-on-unet", "0.5")
+    assert "--resume FILE" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

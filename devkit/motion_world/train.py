@@ -304,7 +304,7 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         trainable_clip = list(clip_model.visual_projection.parameters())
     if resume is not None:
         for module, prefix in ((base.diffusion_model, "model.diffusion_model."), (encoder, "motion_encoder."), (clip_model, "clip_vision.")):
-            module.load_state_dict({k[len(prefix):]: v.float() for k, v in resume.items() if k.startswith(prefix)})
+            load_prefixed(module, resume, prefix)
         log("continuing from the saved UNet, motion encoder and CLIP vision")
 
     latents, per_frame, summary, first_frames = build_dataset(cfg, ae)
@@ -401,6 +401,11 @@ def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return comfy.clip_vision.clip_preprocess(pixels).float()
 
 
+def load_prefixed(module: nn.Module, tensors: dict, prefix: str) -> nn.Module:
+    module.load_state_dict({k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
+    return module
+
+
 def _prefixed(prefix: str, module: nn.Module, dtype=torch.float16) -> dict:
     return {f"{prefix}{k}": v.to(dtype) for k, v in module.state_dict().items()}
 
@@ -447,6 +452,8 @@ def main(argv=None) -> None:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if cfg.decoder_steps and cfg.decoder_on_unet and not args.resume:
+        parser.error("--decoder-on-unet decodes a trained UNet's predictions: give that model with --resume FILE")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -479,12 +486,11 @@ def main(argv=None) -> None:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
     if cfg.decoder_steps:
         denoiser = None
-        if cfg.decoder_on_unet and resume is not None:  # the resumed file's UNet, as it samples
+        if cfg.decoder_on_unet:  # the resumed file's UNet, as it samples
             base = mw.build_unet(unet_config(cfg.context_dim, cfg.channels)).float().eval()
-            base.diffusion_model.load_state_dict({k[len("model.diffusion_model."):]: v.float() for k, v in resume.items() if k.startswith("model.diffusion_model.")})
-            encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
-            encoder.load_state_dict({k[len("motion_encoder."):]: v.float() for k, v in resume.items() if k.startswith("motion_encoder.")})
-            denoiser = unet_denoiser(cfg, base, encoder.eval())
+            load_prefixed(base.diffusion_model, resume, "model.diffusion_model.")
+            encoder = load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), resume, "motion_encoder.").eval()
+            denoiser = unet_denoiser(cfg, base, encoder)
         ae = finetune_decoder(cfg, ae, denoiser)
     if resume is not None and cfg.unet_steps == 0:  # only the decoder changed: the rest is the resumed file's
         save_tensors(args.out, {**resume, **_prefixed("first_stage_model.", ae)}, cfg, earlier, time.perf_counter() - start)
