@@ -166,14 +166,11 @@ class Harness:
 def load_motion_encoder(path: Path):
     import safetensors.torch
 
-    from devkit.motion_world.train import MotionEncoder, TrainConfig
+    from devkit.motion_world.train import MotionEncoder, TrainConfig, load_prefixed
 
     with safetensors.safe_open(str(path), framework="pt") as f:
         cfg = TrainConfig(**json.loads(f.metadata()["train_config"]))
-    encoder = MotionEncoder(cfg.context_dim, cfg.tokens)
-    state = {k[len("motion_encoder.") :]: v for k, v in safetensors.torch.load_file(str(path)).items() if k.startswith("motion_encoder.")}
-    encoder.load_state_dict(state)
-    return encoder.eval()
+    return load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), safetensors.torch.load_file(str(path)), "motion_encoder.").eval()
 
 
 def score(frames: torch.Tensor, ideal, reference_color) -> dict:

@@ -330,14 +330,10 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
         raw = latents[idx]  # [B, F, 4, h, w]
         b = raw.shape[0]
-        x0 = raw.flatten(0, 1) * LATENT_SCALE
-        concat = raw[:, :1].expand(-1, f, -1, -1, -1).flatten(0, 1)
         log_sigma = cfg.sigma_log_mean + cfg.sigma_log_std * torch.randn(b, generator=gen)
         log_uniform = math.log(0.002) + (math.log(700.0) - math.log(0.002)) * torch.rand(b, generator=gen)
         log_sigma = torch.where(torch.rand(b, generator=gen) < cfg.p_sigma_uniform, log_uniform, log_sigma)
-        sigma = log_sigma.exp().clamp(0.002, 700.0)
-        sigma_frames = sigma.repeat_interleave(f)
-        noisy = x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+        x0, concat, sigma_frames, noisy = noised_clip(raw, log_sigma.exp().clamp(0.002, 700.0), gen)
         if cfg.context == "motion":
             spatial, temporal = encoder(per_frame[idx], summary[idx])
         else:
@@ -366,6 +362,16 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
     return ema, ema_encoder, ema_clip, history
 
 
+def noised_clip(raw: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator):
+    """Raw latents [B, F, 4, h, w] and one noise level per clip -> (x0, first-frame concat, per-frame sigma,
+    noisy x0), all [B*F, ...]; x0 in ComfyUI's scaled latent units, the concat unscaled as SVD_img2vid takes it."""
+    f = raw.shape[1]
+    x0 = raw.flatten(0, 1) * LATENT_SCALE
+    concat = raw[:, :1].expand(-1, f, -1, -1, -1).flatten(0, 1)
+    sigma_frames = sigma.repeat_interleave(f)
+    return x0, concat, sigma_frames, x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+
+
 def predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal):
     """The UNet's denoised latents (scaled) for [B*F] noisy frames, as ComfyUI's SVD conditioning feeds it: the
     first frame's latent concatenated, frame f's tokens to the spatial cross-attention, the shared ones to the
@@ -378,16 +384,13 @@ def predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal):
     )
 
 
-def unet_denoiser(cfg: TrainConfig, base, encoder):
+def unet_denoiser(base, encoder):
     """(raw latents [B, F, 4, h, w], motion features, sigma [B], generator) -> one-step denoised latents [B*F, ...]
     (scaled), with the motion tokens of the clip's true trajectory."""
     adm = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
 
     def denoise(raw, per_frame, summary, sigma, gen):
-        x0 = raw.flatten(0, 1) * LATENT_SCALE
-        concat = raw[:, :1].expand(-1, cfg.frames, -1, -1, -1).flatten(0, 1)
-        sigma_frames = sigma.repeat_interleave(cfg.frames)
-        noisy = x0 + sigma_frames[:, None, None, None] * torch.randn(x0.shape, generator=gen)
+        _, concat, sigma_frames, noisy = noised_clip(raw, sigma, gen)
         spatial, temporal = encoder(per_frame, summary)
         return predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
 
@@ -490,7 +493,7 @@ def main(argv=None) -> None:
             base = mw.build_unet(unet_config(cfg.context_dim, cfg.channels)).float().eval()
             load_prefixed(base.diffusion_model, resume, "model.diffusion_model.")
             encoder = load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), resume, "motion_encoder.").eval()
-            denoiser = unet_denoiser(cfg, base, encoder)
+            denoiser = unet_denoiser(base, encoder)
         ae = finetune_decoder(cfg, ae, denoiser)
     if resume is not None and cfg.unet_steps == 0:  # only the decoder changed: the rest is the resumed file's
         save_tensors(args.out, {**resume, **_prefixed("first_stage_model.", ae)}, cfg, earlier, time.perf_counter() - start)
