@@ -98,3 +98,10 @@ def test_decoder_stage_on_unet_predictions_without_a_unet_says_what_to_give(tmp_
         train(tmp_path, "x.safetensors", "--decoder-steps", "2", "--decoder-on-unet", "0.5")
     assert "--resume FILE" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_no_unet_steps_without_a_model_to_keep_says_what_to_give(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(tmp_path, "x.safetensors", "--unet-steps", "0", "--decoder-steps", "2")
+    assert "--unet-steps 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

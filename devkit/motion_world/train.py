@@ -457,6 +457,8 @@ def main(argv=None) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if cfg.decoder_steps and cfg.decoder_on_unet and not args.resume:
         parser.error("--decoder-on-unet decodes a trained UNet's predictions: give that model with --resume FILE")
+    if cfg.unet_steps == 0 and not args.resume:
+        parser.error("--unet-steps 0 trains no UNet: give the Motion World file whose UNet to keep with --resume FILE")
     if args.threads:
         torch.set_num_threads(args.threads)
 
