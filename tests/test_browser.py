@@ -357,9 +357,16 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     uploaded = None
     if any(n["type"] == "LoadMotionReference" for n in nodes.values()):
         before = page.evaluate(JS_WIDGET_VALUE, ["LoadMotionReference", "video"])
-        x, y = page.evaluate(JS_UPLOAD_BUTTON)
-        with page.expect_file_chooser(timeout=10_000) as chooser:
-            page.mouse.click(x, y)
+        for attempt in range(3):  # a loaded CPU can leave the canvas a frame behind the resize above
+            x, y = page.evaluate(JS_UPLOAD_BUTTON)
+            try:
+                with page.expect_file_chooser(timeout=10_000) as chooser:
+                    page.mouse.click(x, y)
+                break
+            except sync_api.TimeoutError:
+                if attempt == 2:
+                    raise
+                page.wait_for_timeout(1000)
         chooser.value.set_files(str(upload_file))
         page.wait_for_function(f"() => ({JS_WIDGET_VALUE})(['LoadMotionReference', 'video']) !== {json.dumps(before)}", timeout=30_000)
         uploaded = page.evaluate(JS_WIDGET_VALUE, ["LoadMotionReference", "video"])
