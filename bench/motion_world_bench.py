@@ -261,6 +261,33 @@ def summarise(rows: list[dict], conditions: list[str]) -> dict:
     return table
 
 
+def summarise_by_target(rows: list[dict], conditions: list[str]) -> dict:
+    """Mean error / area / lost frames per target scene: shows whether a miss is the model's overall or one
+    scene's (a colour or shape it renders poorly)."""
+    table = {}
+    for name in conditions:
+        per_target = {}
+        for target in sorted({r["target"] for r in rows if r["condition"] == name}):
+            picked = [r for r in rows if r["condition"] == name and r["target"] == target]
+            per_target[str(target)] = {key: float(np.mean([r[key] for r in picked])) for key in ("trajectory_error", "area_kept", "lost_frames")}
+        if per_target:
+            table[name] = per_target
+    return table
+
+
+def print_by_target(by_target: dict, targets: list) -> None:
+    print("\nPer target scene: trajectory error px / area kept")
+    print(f"{'condition':<24} " + " ".join(f"{_describe(t):>22}" for t in targets))
+    for name, per_target in by_target.items():
+        cells = [per_target.get(str(i)) for i in range(len(targets))]
+        print(f"{name:<24} " + " ".join(f"{c['trajectory_error']:>15.2f} / {c['area_kept']:.2f}" if c else f"{'-':>22}" for c in cells))
+
+
+def _describe(scene) -> str:
+    r, g, b = scene.sprite_color
+    return f"{scene.shape} ({r:.1f},{g:.1f},{b:.1f})"
+
+
 def print_table(table: dict, args, seconds: float) -> None:
     print(f"\nMotion World transfer ({args.seeds} seeds x {args.references} held-out motions x {args.targets} targets, "
           f"{FRAMES} frames {SIZE}x{SIZE}; {seconds / 60:.1f} min)")
@@ -322,10 +349,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     result = run_parallel(args, argv) if args.jobs > 1 and args.only_seed < 0 else run(args)
     table = summarise(result["rows"], result["conditions"])
+    by_target = summarise_by_target(result["rows"], result["conditions"])
     print_table(table, args, result["seconds"])
+    print_by_target(by_target, world.target_scenes(args.targets, seed=0))
     args.out.mkdir(parents=True, exist_ok=True)
     write_strips(result["strips"], args.out / "strips")
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "table": table, "rows": result["rows"]}, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "table": table, "by_target": by_target, "rows": result["rows"]}, indent=1))
     print(f"\nstrips and raw numbers in {args.out}")
 
 

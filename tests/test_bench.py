@@ -123,6 +123,7 @@ def test_motion_world_bench_scores_every_condition_and_writes_strips(tmp_path):
     result = json.loads((out / "results.json").read_text())
     names = {"null context", "shared token F'=1,N=1", "per-frame (F+1)xN", "oracle tokens"}
     assert set(result["table"]) == names and {r["condition"] for r in result["rows"]} == names
+    assert set(result["by_target"]) == names and all(set(t) == {"0"} for t in result["by_target"].values())
     for row in result["rows"]:
         assert finite(row["trajectory_error"]) and 0 <= row["leakage"] <= 1 and 0 <= row["lost_frames"] <= 8
         assert (row["final_loss"] is None) == (row["condition"] in ("null context", "oracle tokens"))
