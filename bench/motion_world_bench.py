@@ -288,8 +288,8 @@ def _describe(scene) -> str:
     return f"{scene.shape} ({r:.1f},{g:.1f},{b:.1f})"
 
 
-def print_table(table: dict, args, seconds: float) -> None:
-    print(f"\nMotion World transfer ({args.seeds} seeds x {args.references} held-out motions x {args.targets} targets, "
+def print_table(table: dict, args, seconds: float, seeds: int) -> None:
+    print(f"\nMotion World transfer ({seeds} seed{'s' * (seeds != 1)} x {args.references} held-out motions x {args.targets} targets, "
           f"{FRAMES} frames {SIZE}x{SIZE}; {seconds / 60:.1f} min)")
     header = (f"{'condition':<24} {'traj err px':>11} {'median':>6} {'lost/clip':>9} {'time-varying':>12} {'direction':>9} {'area kept':>9} "
               f"{'leakage':>8} {'final loss':>10} {'inv s':>6}")
@@ -350,7 +350,7 @@ def main(argv=None) -> None:
     result = run_parallel(args, argv) if args.jobs > 1 and args.only_seed < 0 else run(args)
     table = summarise(result["rows"], result["conditions"])
     by_target = summarise_by_target(result["rows"], result["conditions"])
-    print_table(table, args, result["seconds"])
+    print_table(table, args, result["seconds"], seeds=len({r["seed"] for r in result["rows"]}))  # a --jobs worker ran one
     print_by_target(by_target, world.target_scenes(args.targets, seed=0))
     args.out.mkdir(parents=True, exist_ok=True)
     write_strips(result["strips"], args.out / "strips")
