@@ -233,11 +233,13 @@ def selected_conditions(args) -> list[Condition]:
     return [c for c in (SWEEP if args.sweep else CONDITIONS) if not names or c.name in names]
 
 
-def summarise(rows: list[dict], conditions: list[str]) -> dict:
-    def mean(values):
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        return float(np.mean(values)) if values else float("nan")
+def _mean(values) -> float:
+    """Mean over the values that were measured (None: not applicable, NaN: undefined for that pair)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
 
+
+def summarise(rows: list[dict], conditions: list[str]) -> dict:
     table = {}
     for name in conditions:
         picked = [r for r in rows if r["condition"] == name]
@@ -245,17 +247,17 @@ def summarise(rows: list[dict], conditions: list[str]) -> dict:
             continue
         varying = [r for r in picked if r["family"] in TIME_VARYING]
         table[name] = {
-            "trajectory_error": mean(r["trajectory_error"] for r in picked),
+            "trajectory_error": _mean(r["trajectory_error"] for r in picked),
             # the mean is dominated by frames where the sprite's colour drifted out of the tracker's reach (a
             # 32 px miss each); the median and the lost-frame count show the two failure kinds apart
             "trajectory_error_median": float(np.median([r["trajectory_error"] for r in picked])),
-            "lost_frames": mean(r["lost_frames"] for r in picked),
-            "trajectory_error_time_varying": mean(r["trajectory_error"] for r in varying),
-            "direction_agreement": mean(r["direction_agreement"] for r in picked),
-            "area_kept": mean(r["area_kept"] for r in picked),
-            "leakage": mean(r["leakage"] for r in picked),
-            "final_loss": mean(r["final_loss"] for r in picked),
-            "inversion_seconds": mean(r["inversion_seconds"] for r in picked),
+            "lost_frames": _mean(r["lost_frames"] for r in picked),
+            "trajectory_error_time_varying": _mean(r["trajectory_error"] for r in varying),
+            "direction_agreement": _mean(r["direction_agreement"] for r in picked),
+            "area_kept": _mean(r["area_kept"] for r in picked),
+            "leakage": _mean(r["leakage"] for r in picked),
+            "final_loss": _mean(r["final_loss"] for r in picked),
+            "inversion_seconds": _mean(r["inversion_seconds"] for r in picked),
             "pairs": len(picked),
         }
     return table
@@ -269,7 +271,7 @@ def summarise_by_target(rows: list[dict], conditions: list[str]) -> dict:
         per_target = {}
         for target in sorted({r["target"] for r in rows if r["condition"] == name}):
             picked = [r for r in rows if r["condition"] == name and r["target"] == target]
-            per_target[str(target)] = {key: float(np.mean([r[key] for r in picked])) for key in ("trajectory_error", "area_kept", "lost_frames")}
+            per_target[str(target)] = {key: _mean(r[key] for r in picked) for key in ("trajectory_error", "area_kept", "lost_frames")}
         if per_target:
             table[name] = per_target
     return table
