@@ -29,8 +29,9 @@ import numpy as np
 import safetensors
 import torch
 
-from devkit.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_STEPS
+from devkit.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_OPTIONS, MOTION_WORLD_STEPS
 from devkit.motion_world import metrics, world
+from reenact_core.inversion import InversionConfig
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES, SIZE = 8, 64
@@ -66,7 +67,9 @@ SWEEP = (
     Condition("+ random conditioning frame", tokens=FULL, options=(("random_cond_frame", True),)),
     Condition("+ random crop 0.8", tokens=FULL, options=(("crop_scale", 0.8),)),
     Condition("+ all four", tokens=FULL, options=(("color_jitter", 0.3), ("cond_noise", 0.1), ("random_cond_frame", True), ("crop_scale", 0.8))),
-    Condition("lr 1e-2 constant (published recipe's rate)", tokens=FULL, learning_rate=1e-2, options=(("schedule", "constant"),)),
+    Condition(
+        "lr 0.3 cosine (the node's default)", tokens=FULL, learning_rate=InversionConfig.learning_rate, options=(("schedule", InversionConfig.schedule),)
+    ),
     Condition("sigma log-mean 1.0", tokens=FULL, options=(("sigma_log_mean", 1.0),)),
 )
 
@@ -81,7 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=MOTION_WORLD_LR, help="default: the Motion World workflow's; 0: the node's default")
     parser.add_argument("--sampler-steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=MOTION_WORLD_CFG, help="default: the Motion World workflow's")
-    parser.add_argument("--options", default="{}", help="JSON overrides for Motion Inversion Options")
+    parser.add_argument("--options", default=json.dumps(MOTION_WORLD_OPTIONS), help="JSON overrides for Motion Inversion Options (default: the Motion World workflow's)")
     parser.add_argument("--conditions", default="", help="semicolon-separated subset of condition names")
     parser.add_argument("--sweep", action="store_true", help="measure the augmentations and inversion settings instead (see SWEEP)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 5 references, 4 targets")
@@ -127,7 +130,7 @@ class Harness:
             "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
             custom_width=0, custom_height=0, images=clip.frames,
         )
-        settings = dict(self.option_defaults, **options, **dict(condition.options), per_frame_tokens=condition.per_frame)
+        settings = {**self.option_defaults, **options, **dict(condition.options), "per_frame_tokens": condition.per_frame}  # later wins
         (opts,) = self.run("MotionInversionOptions", **settings)
         tokens = self.default("tokens_per_frame") if condition.tokens == FULL else condition.tokens
         lr = condition.learning_rate or lr or self.default("learning_rate")

@@ -137,11 +137,11 @@ def test_motion_world_bench_sweep_runs_each_setting_through_the_options_node(tmp
 
     out = tmp_path / "sweep"
     motion_world_bench.main(["--sweep", "--seeds", "1", "--references", "1", "--targets", "1", "--steps", "3", "--sampler-steps", "2",
-                             "--conditions", "+ all four;lr 1e-2 constant (published recipe's rate)", "--out", str(out)])
+                             "--conditions", "+ all four;lr 0.3 cosine (the node's default)", "--out", str(out)])
     rows = {r["condition"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     augmented = rows["+ all four"]["inversion_config"]
     for setting in ("color_jitter': 0.3", "cond_noise': 0.1", "random_cond_frame': True", "crop_scale': 0.8"):
         assert setting in augmented, augmented
-    recipe = rows["lr 1e-2 constant (published recipe's rate)"]["inversion_config"]
-    assert "learning_rate=0.01" in recipe and "schedule=constant" in recipe and "color_jitter': 0.0" in recipe
-    assert "schedule=cosine" in augmented  # the node's default
+    assert "learning_rate=0.01" in augmented and "schedule=constant" in augmented  # the Motion World workflow's setting
+    node_default = rows["lr 0.3 cosine (the node's default)"]["inversion_config"]
+    assert "learning_rate=0.3" in node_default and "schedule=cosine" in node_default and "color_jitter': 0.0" in node_default
