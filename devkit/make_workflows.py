@@ -291,7 +291,7 @@ def workflow_motion_world(g: Graph) -> None:
 # Settings for the small model, measured with bench/motion_world_bench.py (which uses them): the published
 # recipe's rate, lr 0.01 held constant, for 300 steps so the demo takes a minute on CPU. On this model it transfers
 # better than the node's default (lr 0.3, cosine decay), which fits the reference more closely and overfits it
-# (2.3 against 3.6 px on the full bench). No classifier-free guidance: on this model it saturates colours until the
+# (2.3 against 3.6 px on the full bench, fifth-run weights). No classifier-free guidance: on this model it saturates colours until the
 # sprite is lost (inverted transfer 13.4 px at cfg 2.5 against 7.7 px at 1.0 on the quick bench).
 MOTION_WORLD_STEPS = 300
 MOTION_WORLD_LR = 0.01
