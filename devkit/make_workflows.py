@@ -291,8 +291,9 @@ def workflow_motion_world(g: Graph) -> None:
 # Settings for the small model, measured with bench/motion_world_bench.py (which uses them): the published
 # recipe's rate, lr 0.01 held constant, for 300 steps so the demo takes a minute on CPU. On this model it transfers
 # better than the node's default (lr 0.3, cosine decay), which fits the reference more closely and overfits it
-# (2.3 against 3.6 px on the full bench, fifth-run weights). No classifier-free guidance: on this model it saturates colours until the
-# sprite is lost (inverted transfer 13.4 px at cfg 2.5 against 7.7 px at 1.0 on the quick bench).
+# (2.3 against 3.6 px on the full bench, fifth-run weights). No classifier-free guidance: on this model it
+# saturates colours until the sprite is lost (inverted transfer 13.4 px at cfg 2.5 against 7.7 px at 1.0 on the
+# quick bench).
 MOTION_WORLD_STEPS = 300
 MOTION_WORLD_LR = 0.01
 MOTION_WORLD_OPTIONS = {"schedule": "constant"}  # Motion Inversion Options widgets that differ from the node's defaults
@@ -325,13 +326,18 @@ def node_definitions() -> dict:
     return out
 
 
+def build_workflow(definitions: dict, file_name: str) -> dict:
+    """The UI-format workflow that workflows/<file_name> should hold."""
+    graph = Graph(definitions)
+    WORKFLOWS_TO_BUILD[file_name](graph)
+    return graph.to_json()
+
+
 def main() -> None:
     definitions = node_definitions()
     WORKFLOWS.mkdir(exist_ok=True)
-    for file_name, build in WORKFLOWS_TO_BUILD.items():
-        graph = Graph(definitions)
-        build(graph)
-        (WORKFLOWS / file_name).write_text(json.dumps(graph.to_json(), indent=2) + "\n")
+    for file_name in WORKFLOWS_TO_BUILD:
+        (WORKFLOWS / file_name).write_text(json.dumps(build_workflow(definitions, file_name), indent=2) + "\n")
         print(f"wrote {WORKFLOWS / file_name}")
 
 
