@@ -93,6 +93,31 @@ def test_decoder_stage_changes_only_the_decoder_so_the_unets_latent_space_stands
     assert json.loads(metadata["earlier_stages"])[-1]["train_config"] == before_meta["train_config"]
 
 
+def test_reconstruction_loss_weighs_errors_on_and_next_to_the_sprite_by_the_sprite_weight():
+    from devkit.motion_world.train import reconstruction_loss
+
+    target, mask = torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8)
+    mask[0, 3:5, 3:5] = 1.0  # the sprite; its one-pixel ring is rows/columns 2..5
+    on_sprite, next_to_it, far = target.clone(), target.clone(), target.clone()
+    on_sprite[0, 3, 3], next_to_it[0, 2, 5], far[0, 7, 0] = 0.5, 0.5, 0.5
+    plain = [reconstruction_loss(r, target) for r in (on_sprite, next_to_it, far)]
+    assert plain[0] == plain[1] == plain[2] == reconstruction_loss(far, target, mask, 0.0)
+    assert torch.isclose(plain[2], torch.tensor(3 * (0.5 + 2 * 0.25) / 192))  # L1 + 2 L2 of one pixel over 8x8x3 values
+    weighted = [reconstruction_loss(r, target, mask, 20.0) for r in (on_sprite, next_to_it, far)]
+    assert torch.isclose(weighted[0], weighted[1]) and torch.isclose(weighted[0] / weighted[2], torch.tensor(21.0))
+
+
+def test_decoder_stage_with_a_sprite_weight_trains_another_decoder_and_records_it(tmp_path, motion_model):
+    path, before, _ = motion_model
+    args = ["--resume", str(path), "--unet-steps", "0", "--decoder-steps", "2", "--ae-batch", "4"]
+    _, plain, _ = train(tmp_path, "plain.safetensors", *args)
+    _, weighted, metadata = train(tmp_path, "weighted.safetensors", *args, "--decoder-sprite-weight", "20")
+    decoder = [k for k in before if k.startswith("first_stage_model.decoder.")]
+    assert not all(torch.equal(plain[k], weighted[k]) for k in decoder)
+    assert all(torch.equal(plain[k], weighted[k]) for k in before if k not in decoder and "post_quant_conv" not in k)
+    assert json.loads(metadata["train_config"])["decoder_sprite_weight"] == 20.0
+
+
 def test_decoder_stage_on_unet_predictions_without_a_unet_says_what_to_give(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train(tmp_path, "x.safetensors", "--decoder-steps", "2", "--decoder-on-unet", "0.5")

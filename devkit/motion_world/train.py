@@ -84,6 +84,8 @@ class TrainConfig:
     decoder_noise: float = 0.3  # largest latent noise std it sees (unit-variance latent units)
     decoder_lr: float = 3e-4
     decoder_on_unet: float = 0.0  # share of its batch decoded from the UNet's own one-step denoising of training clips
+    decoder_sprite_weight: float = 0.0  # extra loss weight on the sprite and a 1-pixel ring around it: the sprite is ~3%
+    # of a frame, so a plain mean spends the decoder on background texture and leaves the sprite's edges soft
     clips: int = 6000  # pre-rendered training clips for the UNet stage
     unet_steps: int = 4000
     unet_batch: int = 12
@@ -124,10 +126,11 @@ class MotionEncoder(nn.Module):
 def render_batch(rng: np.random.Generator, count: int, frames: int, size: int):
     clips = [world.sample_training_clip(rng, frames, size) for _ in range(count)]
     pixels = torch.stack([c.frames for c in clips])  # [B, F, H, W, 3]
+    masks = torch.stack([c.masks for c in clips])  # [B, F, H, W] sprite coverage
     feats = [world.trajectory_features((c.centers - c.centers[0]).numpy() / size, c.scales.numpy(), _bg_shift(c, size)) for c in clips]
     per_frame = torch.from_numpy(np.stack([f["per_frame"] for f in feats]))
     summary = torch.from_numpy(np.stack([f["summary"] for f in feats]))
-    return pixels, per_frame, summary
+    return pixels, per_frame, summary, masks
 
 
 def _bg_shift(clip, size):
@@ -160,6 +163,15 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------ stages
 
 
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, sprite_mask=None, sprite_weight: float = 0.0):
+    """L1 + 2 L2 over [B, H, W, 3] pixels. With ``sprite_weight``, pixels on the sprite or next to it (the
+    [B, H, W] coverage dilated by one pixel) weigh ``1 + sprite_weight``; normalised by the mean weight."""
+    if sprite_weight == 0.0:
+        return (recon - target).abs().mean() + 2 * ((recon - target) ** 2).mean()
+    weight = 1.0 + sprite_weight * torch.nn.functional.max_pool2d(sprite_mask[:, None], 3, 1, 1)[:, 0, :, :, None]
+    return ((recon - target).abs() * weight).mean() / weight.mean() + 2 * (((recon - target) ** 2) * weight).mean() / weight.mean()
+
+
 def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
     torch.manual_seed(cfg.seed)
     vae = build_vae(VAE_CONFIG)
@@ -173,11 +185,11 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
         for g in opt.param_groups:
             g["lr"] = lr
         # one random frame from each of ae_batch clips: many scenes per batch, not a few clips' frames
-        pixels, _, _ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        pixels, *_ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
         x = pixels[torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))]
         z = ae_encode_mean(ae, x)
         recon = ae_decode(ae, z)
-        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean()
+        loss = reconstruction_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
@@ -213,7 +225,7 @@ def _report_autoencoder(ae: nn.Module, cfg: TrainConfig) -> None:
 def _make_deterministic_and_scaled(ae: nn.Module, cfg: TrainConfig) -> None:
     """No posterior noise (ComfyUI samples the posterior when encoding), and latent std = 1/0.18215."""
     rng = np.random.default_rng(cfg.seed + 1)
-    pixels, _, _ = render_batch(rng, 64, cfg.frames, cfg.size)
+    pixels, *_ = render_batch(rng, 64, cfg.frames, cfg.size)
     std = float(ae_encode_mean(ae, pixels.flatten(0, 1)).std())
     factor = (1.0 / LATENT_SCALE) / std
     z = ae.quant_conv.weight.shape[0] // 2
@@ -242,8 +254,9 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
     for step in range(cfg.decoder_steps):
         for g in opt.param_groups:
             g["lr"] = cfg.decoder_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
-        pixels, _, _ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
-        x = pixels[torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))]
+        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        picked = torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))
+        x, mask = pixels[picked], masks[picked]
         with torch.no_grad():
             z = ae_encode_mean(ae, x)
         # per-sample noise std uniform in [0, decoder_noise] (so clean latents still decode exactly)
@@ -251,14 +264,14 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
         z = z + std * torch.randn(z.shape, generator=gen)
         unet_clips = round(cfg.decoder_on_unet * cfg.ae_batch / cfg.frames)
         if denoiser is not None and unet_clips:  # whole clips, as the UNet sees them; every frame is decoded
-            clip_pixels, per_frame, summary = render_batch(rng, unet_clips, cfg.frames, cfg.size)
+            clip_pixels, per_frame, summary, clip_masks = render_batch(rng, unet_clips, cfg.frames, cfg.size)
             with torch.no_grad():
                 raw = ae_encode_mean(ae, clip_pixels.flatten(0, 1)).unflatten(0, clip_pixels.shape[:2])
                 log_sigma = math.log(0.05) + (math.log(1.5) - math.log(0.05)) * torch.rand(unet_clips, generator=gen)
                 z = torch.cat([z, denoiser(raw, per_frame, summary, log_sigma.exp(), gen) / LATENT_SCALE])
-            x = torch.cat([x, clip_pixels.flatten(0, 1)])
+            x, mask = torch.cat([x, clip_pixels.flatten(0, 1)]), torch.cat([mask, clip_masks.flatten(0, 1)])
         recon = ae_decode(ae, z)
-        loss = (recon - x).abs().mean() + 2 * ((recon - x) ** 2).mean()
+        loss = reconstruction_loss(recon, x, mask, cfg.decoder_sprite_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder, 1.0)
@@ -275,7 +288,7 @@ def build_dataset(cfg: TrainConfig, ae: nn.Module):
     rng = np.random.default_rng(cfg.seed + 2)
     latents, per_frame, summary, first_frames = [], [], [], []
     for start in range(0, cfg.clips, 100):
-        pixels, pf, sm = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
+        pixels, pf, sm, _ = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
         latents.append(ae_encode_mean(ae, pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2]))
         per_frame.append(pf)
         summary.append(sm)
