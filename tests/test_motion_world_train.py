@@ -57,9 +57,13 @@ def test_written_file_loads_as_svd_and_its_image_token_is_the_null_context(comfy
     assert embeds.shape[-1] == 64 and torch.count_nonzero(embeds) == 0
 
 
-def test_appearance_variant_context_is_an_embedding_of_the_first_frame(comfy, pack, tmp_path):
-    path, tensors, metadata = train(tmp_path, "appearance.safetensors", "--context", "appearance")
+def test_appearance_variant_context_is_an_embedding_of_the_first_frame(comfy, pack, tmp_path, motion_model):
+    # on the motion model's autoencoder (same latent space), as the model card's variant command trains it
+    motion_path, motion_tensors, _ = motion_model
+    path, tensors, metadata = train(tmp_path, "appearance.safetensors", "--context", "appearance", "--autoencoder", str(motion_path))
     assert metadata["context"] == "appearance"
+    autoencoder = [k for k in motion_tensors if k.startswith("first_stage_model.")]
+    assert autoencoder and all(torch.equal(motion_tensors[k], tensors[k]) for k in autoencoder)
     assert torch.count_nonzero(tensors["clip_vision.visual_projection.weight"]) > 0
     _, clip_vision, _ = load(pack, path)
     images = torch.stack([torch.full((64, 64, 3), 0.2), torch.full((64, 64, 3), 0.8)])

@@ -462,7 +462,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "models" / "motion_world.safetensors")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
-    parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder (.safetensors, AutoencoderKL keys) instead of stage 1")
+    parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder instead of stage 1: a .safetensors of AutoencoderKL keys, or a Motion World file (its autoencoder)")
     parser.add_argument("--resume", type=Path, help="continue training this Motion World file (its autoencoder is kept; --unet-steps more steps)")
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
@@ -498,7 +498,10 @@ def main(argv=None) -> None:
     elif args.autoencoder:
         import safetensors.torch
 
-        ae = mw.build_vae(VAE_CONFIG, safetensors.torch.load_file(str(args.autoencoder))).first_stage_model.float().eval()
+        tensors = safetensors.torch.load_file(str(args.autoencoder))
+        if any(k.startswith("first_stage_model.") for k in tensors):  # a Motion World file: its autoencoder
+            tensors = {k[len("first_stage_model."):]: v.float() for k, v in tensors.items() if k.startswith("first_stage_model.")}
+        ae = mw.build_vae(VAE_CONFIG, tensors).first_stage_model.float().eval()
         log(f"autoencoder loaded from {args.autoencoder}")
     else:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
