@@ -168,8 +168,10 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, sprite_mask=N
     [B, H, W] coverage dilated by one pixel) weigh ``1 + sprite_weight``; normalised by the mean weight."""
     if sprite_weight == 0.0:
         return (recon - target).abs().mean() + 2 * ((recon - target) ** 2).mean()
+    error = recon - target
     weight = 1.0 + sprite_weight * torch.nn.functional.max_pool2d(sprite_mask[:, None], 3, 1, 1)[:, 0, :, :, None]
-    return ((recon - target).abs() * weight).mean() / weight.mean() + 2 * (((recon - target) ** 2) * weight).mean() / weight.mean()
+    mean_weight = weight.mean()
+    return (error.abs() * weight).mean() / mean_weight + 2 * ((error**2) * weight).mean() / mean_weight
 
 
 def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
@@ -417,6 +419,12 @@ def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return comfy.clip_vision.clip_preprocess(pixels).float()
 
 
+def autoencoder_of(model_tensors: dict) -> dict:
+    """A Motion World file's autoencoder as AutoencoderKL keys (float32); empty if the file has none."""
+    prefix = "first_stage_model."
+    return {k[len(prefix):]: v.float() for k, v in model_tensors.items() if k.startswith(prefix)}
+
+
 def load_prefixed(module: nn.Module, tensors: dict, prefix: str) -> nn.Module:
     module.load_state_dict({k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
     return module
@@ -492,16 +500,14 @@ def main(argv=None) -> None:
         resume = safetensors.torch.load_file(str(args.resume))
         with safetensors.safe_open(str(args.resume), framework="pt") as f:
             earlier = f.metadata()
-        ae_state = {k[len("first_stage_model."):]: v.float() for k, v in resume.items() if k.startswith("first_stage_model.")}
-        ae = mw.build_vae(VAE_CONFIG, ae_state).first_stage_model.float().eval()
+        ae = mw.build_vae(VAE_CONFIG, autoencoder_of(resume)).first_stage_model.float().eval()
         log(f"continuing {args.resume}")
     elif args.autoencoder:
         import safetensors.torch
 
         tensors = safetensors.torch.load_file(str(args.autoencoder))
-        if any(k.startswith("first_stage_model.") for k in tensors):  # a Motion World file: its autoencoder
-            tensors = {k[len("first_stage_model."):]: v.float() for k, v in tensors.items() if k.startswith("first_stage_model.")}
-        ae = mw.build_vae(VAE_CONFIG, tensors).first_stage_model.float().eval()
+        ae_state = autoencoder_of(tensors) or tensors  # a Motion World file's autoencoder, or AutoencoderKL keys as they are
+        ae = mw.build_vae(VAE_CONFIG, ae_state).first_stage_model.float().eval()
         log(f"autoencoder loaded from {args.autoencoder}")
     else:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
