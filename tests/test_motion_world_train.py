@@ -122,11 +122,51 @@ def test_decoder_stage_with_a_sprite_weight_trains_another_decoder_and_records_i
     assert json.loads(metadata["train_config"])["decoder_sprite_weight"] == 20.0
 
 
-def test_decoder_stage_on_unet_predictions_without_a_unet_says_what_to_give(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        train(tmp_path, "x.safetensors", "--decoder-steps", "2", "--decoder-on-unet", "0.5")
-    assert "--resume FILE" in capsys.readouterr().err
-    assert not (tmp_path / "x.safetensors").exists()
+def test_one_command_trains_the_decoder_on_the_unet_it_just_trained_after_the_unet(tmp_path):
+    # --ae-batch 8 with --decoder-on-unet 1.0: one whole clip per decoder batch goes through the new UNet first
+    args = ["--ae-batch", "8"]
+    _, without, _ = train(tmp_path, "without.safetensors", *args)
+    _, with_stage, metadata = train(tmp_path, "with.safetensors", *args, "--decoder-steps", "2", "--decoder-on-unet", "1.0")
+    changed = {k for k in without if not torch.equal(without[k], with_stage[k])}
+    # the decoder stage comes after the UNet and leaves the encoder alone, so the UNet is the same
+    assert changed and all(k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")) for k in changed)
+    assert json.loads(metadata["train_config"])["decoder_on_unet"] == 1.0 and "earlier_stages" not in metadata
+
+
+@pytest.mark.parametrize(
+    ("option", "trains_another"),
+    [
+        (["--ae-sprite-weight", "20"], "first_stage_model.encoder."),  # and so the UNet, on other latents
+        (["--unet-sprite-weight", "3"], "model.diffusion_model."),
+        (["--bf16"], "model.diffusion_model."),
+    ],
+)
+def test_training_options_train_other_weights_are_recorded_and_stay_deterministic(tmp_path, motion_model, option, trains_another):
+    _, plain, _ = motion_model
+    _, tensors, metadata = train(tmp_path, "a.safetensors", *option)
+    _, again, _ = train(tmp_path, "b.safetensors", *option)
+    assert all(torch.equal(tensors[k], again[k]) for k in tensors)
+    assert not all(torch.equal(plain[k], tensors[k]) for k in plain if k.startswith(trains_another))
+    if option[0] == "--unet-sprite-weight":  # the autoencoder trains before the UNet and does not see the weight
+        assert all(torch.equal(plain[k], tensors[k]) for k in plain if k.startswith("first_stage_model."))
+    name = option[0][2:].replace("-", "_")
+    assert json.loads(metadata["train_config"])[name] == (True if len(option) == 1 else float(option[1]))
+
+
+def test_denoising_loss_is_svds_edm_loss_and_weighs_the_sprites_latent_cells_by_the_sprite_weight():
+    from devkit.motion_world.train import denoising_loss
+
+    x0, sigma = torch.zeros(2, 4, 4, 4), torch.tensor([1.0, 2.0])
+    cells = torch.zeros(2, 4, 4, dtype=torch.bool)
+    cells[:, 1, 1] = True  # the sprite covers one latent cell of each frame
+    on_sprite, off_sprite = x0.clone(), x0.clone()
+    on_sprite[0, :, 1, 1], off_sprite[0, :, 3, 3] = 0.5, 0.5
+    plain = denoising_loss(off_sprite, x0, sigma)
+    assert torch.isclose(plain, torch.tensor(2.0 * 4 * 0.25 / 128))  # weight (1 + 1) / 1 on frame 0, over 2x4x4x4 values
+    assert plain == denoising_loss(on_sprite, x0, sigma) == denoising_loss(off_sprite, x0, sigma, cells, 0.0)
+    weighted = denoising_loss(on_sprite, x0, sigma, cells, 3.0) / denoising_loss(off_sprite, x0, sigma, cells, 3.0)
+    assert torch.isclose(weighted, torch.tensor(4.0))
+    assert torch.isclose(denoising_loss(x0 + 1, x0, torch.ones(2), cells, 3.0), torch.tensor(2.0))  # normalised
 
 
 def test_no_unet_steps_without_a_model_to_keep_says_what_to_give(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
     COMFYUI_ROOT=... python -m devkit.motion_world.train --out models/motion_world.safetensors
 
-Two stages, both deterministic for a seed:
+Up to three stages in one run, all deterministic for a seed (the model card has the command that trained
+the shipped file):
 
 1. An autoencoder in ComfyUI's AutoencoderKL format (4 latent channels, 8x downsampling, as SVD's nodes
    expect), trained on rendered frames; made deterministic (no posterior noise) and rescaled so that
@@ -11,6 +12,10 @@ Two stages, both deterministic for a seed:
    loss on the autoencoder's latents, conditioned like SVD: the first frame's latent concatenated to
    the noisy latents, fps/motion-bucket micro-conditioning, and a cross-attention context in every
    transformer block (per frame for the spatial layers, one shared set for the temporal layers).
+3. With ``--decoder-steps``, a decoder stage after the UNet: the encoder (and so the UNet's latent space)
+   stays; the decoder learns to decode latents as wrong as a small UNet leaves them (noisy ones and, with
+   ``--decoder-on-unet``, the new UNet's own one-step predictions). ``--resume FILE --unet-steps 0`` runs
+   it alone on a saved model.
 
 The deliberate simplification of SVD: with ``--context motion`` (the default model) the context is
 made of motion tokens (a small encoder of each frame's displacement and scale, plus a summary token
@@ -86,6 +91,10 @@ class TrainConfig:
     decoder_on_unet: float = 0.0  # share of its batch decoded from the UNet's own one-step denoising of training clips
     decoder_sprite_weight: float = 0.0  # extra loss weight on the sprite and a 1-pixel ring around it: the sprite is ~3%
     # of a frame, so a plain mean spends the decoder on background texture and leaves the sprite's edges soft
+    ae_sprite_weight: float = 0.0  # the same weight for stage 1 (encoder and decoder from scratch)
+    unet_sprite_weight: float = 0.0  # extra loss weight on the latent cells the sprite covers (the motion is there)
+    bf16: bool = False  # bfloat16 autocast for the training forward passes (weights, optimiser, loss and the encoded
+    # data stay float32): 1.3-1.4x faster on a CPU with AVX-512 BF16 (measured on this machine's 2-core AMD EPYC)
     clips: int = 6000  # pre-rendered training clips for the UNet stage
     unet_steps: int = 4000
     unet_batch: int = 12
@@ -156,6 +165,10 @@ def zero_output_gain(name: str) -> float:
     return 1.0
 
 
+def autocast(cfg: TrainConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -187,11 +200,12 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
         for g in opt.param_groups:
             g["lr"] = lr
         # one random frame from each of ae_batch clips: many scenes per batch, not a few clips' frames
-        pixels, *_ = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
-        x = pixels[torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))]
-        z = ae_encode_mean(ae, x)
-        recon = ae_decode(ae, z)
-        loss = reconstruction_loss(recon, x)
+        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        picked = torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))
+        x = pixels[picked]
+        with autocast(cfg):
+            recon = ae_decode(ae, ae_encode_mean(ae, x))
+        loss = reconstruction_loss(recon.float(), x, masks[picked], cfg.ae_sprite_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
@@ -270,10 +284,13 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
             with torch.no_grad():
                 raw = ae_encode_mean(ae, clip_pixels.flatten(0, 1)).unflatten(0, clip_pixels.shape[:2])
                 log_sigma = math.log(0.05) + (math.log(1.5) - math.log(0.05)) * torch.rand(unet_clips, generator=gen)
-                z = torch.cat([z, denoiser(raw, per_frame, summary, log_sigma.exp(), gen) / LATENT_SCALE])
+                with autocast(cfg):
+                    denoised = denoiser(raw, per_frame, summary, log_sigma.exp(), gen).float()
+                z = torch.cat([z, denoised / LATENT_SCALE])
             x, mask = torch.cat([x, clip_pixels.flatten(0, 1)]), torch.cat([mask, clip_masks.flatten(0, 1)])
-        recon = ae_decode(ae, z)
-        loss = reconstruction_loss(recon, x, mask, cfg.decoder_sprite_weight)
+        with autocast(cfg):
+            recon = ae_decode(ae, z)
+        loss = reconstruction_loss(recon.float(), x, mask, cfg.decoder_sprite_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder, 1.0)
@@ -287,16 +304,31 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
 
 @torch.no_grad()
 def build_dataset(cfg: TrainConfig, ae: nn.Module):
+    """Latents [N, F, 4, h, w] (float32, exact), motion features, first frames, and which latent cells the
+    sprite covers in each frame [N, F, h, w]."""
     rng = np.random.default_rng(cfg.seed + 2)
-    latents, per_frame, summary, first_frames = [], [], [], []
+    latents, per_frame, summary, first_frames, sprite_cells = [], [], [], [], []
     for start in range(0, cfg.clips, 100):
-        pixels, pf, sm, _ = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
+        pixels, pf, sm, masks = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
         latents.append(ae_encode_mean(ae, pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2]))
         per_frame.append(pf)
         summary.append(sm)
         first_frames.append(pixels[:, 0])
+        downsample = cfg.size // latents[-1].shape[-1]
+        sprite_cells.append(torch.nn.functional.max_pool2d(masks, downsample) > 0)
     log(f"dataset: {cfg.clips} clips encoded")
-    return torch.cat(latents), torch.cat(per_frame), torch.cat(summary), torch.cat(first_frames)
+    return torch.cat(latents), torch.cat(per_frame), torch.cat(summary), torch.cat(first_frames), torch.cat(sprite_cells)
+
+
+def denoising_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma_frames: torch.Tensor, sprite_cells=None, sprite_weight: float = 0.0):
+    """SVD's EDM loss: the squared error of the denoised latents [B*F, C, h, w], weighted (sigma^2 + 1) / sigma^2.
+    With ``sprite_weight``, latent cells the sprite covers ([B*F, h, w]) weigh ``1 + sprite_weight``, normalised by
+    the mean weight: the sprite is a few cells of a frame, and all of the motion."""
+    per_value = ((sigma_frames**2 + 1) / sigma_frames**2)[:, None, None, None] * (denoised - x0) ** 2
+    if sprite_weight == 0.0:
+        return per_value.mean()
+    cell_weight = 1.0 + sprite_weight * sprite_cells[:, None].float()
+    return (per_value * cell_weight).mean() / cell_weight.mean()
 
 
 def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dict | None = None):
@@ -322,7 +354,7 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
             load_prefixed(module, resume, prefix)
         log("continuing from the saved UNet, motion encoder and CLIP vision")
 
-    latents, per_frame, summary, first_frames = build_dataset(cfg, ae)
+    latents, per_frame, summary, first_frames, sprite_cells = build_dataset(cfg, ae)
     if cfg.context == "appearance":
         with torch.no_grad():
             pooled = torch.cat([clip_model.vision_model(pixel_values=_clip_pixels(chunk))[2] for chunk in first_frames.split(100)])
@@ -349,18 +381,18 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         log_uniform = math.log(0.002) + (math.log(700.0) - math.log(0.002)) * torch.rand(b, generator=gen)
         log_sigma = torch.where(torch.rand(b, generator=gen) < cfg.p_sigma_uniform, log_uniform, log_sigma)
         x0, concat, sigma_frames, noisy = noised_clip(raw, log_sigma.exp().clamp(0.002, 700.0), gen)
-        if cfg.context == "motion":
-            spatial, temporal = encoder(per_frame[idx], summary[idx])
-        else:
-            token = clip_model.visual_projection(pooled[idx])  # [B, D]: what ComfyUI's encode_image returns as image_embeds
-            spatial = token[:, None, None, :].expand(b, f, 1, d)
-            temporal = token[:, None, :]
         keep = (torch.rand(b, generator=gen) >= cfg.p_null).float()
-        spatial = spatial * keep[:, None, None, None]
-        temporal = temporal * keep[:, None, None]
-        out = predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
-        weight = (sigma_frames**2 + 1) / sigma_frames**2
-        loss = (weight[:, None, None, None] * (out - x0) ** 2).mean()
+        with autocast(cfg):
+            if cfg.context == "motion":
+                spatial, temporal = encoder(per_frame[idx], summary[idx])
+            else:
+                token = clip_model.visual_projection(pooled[idx])  # [B, D]: what ComfyUI's encode_image returns as image_embeds
+                spatial = token[:, None, None, :].expand(b, f, 1, d)
+                temporal = token[:, None, :]
+            spatial = spatial * keep[:, None, None, None]
+            temporal = temporal * keep[:, None, None]
+            out = predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
+        loss = denoising_loss(out.float(), x0, sigma_frames, sprite_cells[idx].flatten(0, 1), cfg.unet_sprite_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -410,6 +442,15 @@ def unet_denoiser(base, encoder):
         return predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
 
     return denoise
+
+
+def saved_denoiser(build_unet, cfg: TrainConfig, tensors: dict):
+    """``unet_denoiser`` of a Motion World file's UNet and motion encoder (``tensors`` as saved, so fp16 UNet weights:
+    the decoder learns from the UNet as it samples in ComfyUI)."""
+    base = build_unet(unet_config(cfg.context_dim, cfg.channels)).float().eval()
+    load_prefixed(base.diffusion_model, tensors, "model.diffusion_model.")
+    encoder = load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), tensors, "motion_encoder.").eval()
+    return unet_denoiser(base, encoder)
 
 
 def _clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -473,11 +514,13 @@ def main(argv=None) -> None:
     parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder instead of stage 1: a .safetensors of AutoencoderKL keys, or a Motion World file (its autoencoder)")
     parser.add_argument("--resume", type=Path, help="continue training this Motion World file (its autoencoder is kept; --unet-steps more steps)")
     for field in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    if cfg.decoder_steps and cfg.decoder_on_unet and not args.resume:
-        parser.error("--decoder-on-unet decodes a trained UNet's predictions: give that model with --resume FILE")
     if cfg.unet_steps == 0 and not args.resume:
         parser.error("--unet-steps 0 trains no UNet: give the Motion World file whose UNet to keep with --resume FILE")
     if args.threads:
@@ -511,18 +554,15 @@ def main(argv=None) -> None:
         log(f"autoencoder loaded from {args.autoencoder}")
     else:
         ae = train_autoencoder(cfg, mw.build_vae, init_params)
-    if cfg.decoder_steps:
-        denoiser = None
-        if cfg.decoder_on_unet:  # the resumed file's UNet, as it samples
-            base = mw.build_unet(unet_config(cfg.context_dim, cfg.channels)).float().eval()
-            load_prefixed(base.diffusion_model, resume, "model.diffusion_model.")
-            encoder = load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), resume, "motion_encoder.").eval()
-            denoiser = unet_denoiser(base, encoder)
-        ae = finetune_decoder(cfg, ae, denoiser)
-    if resume is not None and cfg.unet_steps == 0:  # only the decoder changed: the rest is the resumed file's
+    if cfg.unet_steps == 0:  # only the decoder changes: the rest is the resumed file's
+        if cfg.decoder_steps:
+            ae = finetune_decoder(cfg, ae, saved_denoiser(mw.build_unet, cfg, resume) if cfg.decoder_on_unet else None)
         save_tensors(args.out, {**resume, **_prefixed("first_stage_model.", ae)}, cfg, earlier, time.perf_counter() - start)
         return
     unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect, resume)
+    if cfg.decoder_steps:  # after the UNet, so that the decoder can learn from the UNet's own predictions
+        saved_unet = {**_prefixed("model.diffusion_model.", unet), **_prefixed("motion_encoder.", encoder, torch.float32)}
+        ae = finetune_decoder(cfg, ae, saved_denoiser(mw.build_unet, cfg, saved_unet) if cfg.decoder_on_unet else None)
     save(args.out, cfg, unet, ae, clip_model, encoder, history, time.perf_counter() - start, earlier)
 
 
