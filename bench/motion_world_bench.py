@@ -172,7 +172,9 @@ def load_motion_encoder(path: Path):
     from devkit.motion_world.train import MotionEncoder, TrainConfig, load_prefixed
 
     with safetensors.safe_open(str(path), framework="pt") as f:
-        cfg = TrainConfig(**json.loads(f.metadata()["train_config"]))
+        saved = json.loads(f.metadata()["train_config"])
+    known = {field.name for field in dataclasses.fields(TrainConfig)}  # files from other versions of the script
+    cfg = TrainConfig(**{name: value for name, value in saved.items() if name in known})
     return load_prefixed(MotionEncoder(cfg.context_dim, cfg.tokens), safetensors.torch.load_file(str(path)), "motion_encoder.").eval()
 
 

@@ -145,3 +145,21 @@ def test_motion_world_bench_sweep_runs_each_setting_through_the_options_node(tmp
     assert "learning_rate=0.01" in augmented and "schedule=constant" in augmented  # the Motion World workflow's setting
     node_default = rows["lr 0.3 cosine (the node's default)"]["inversion_config"]
     assert "learning_rate=0.3" in node_default and "schedule=cosine" in node_default and "color_jitter': 0.0" in node_default
+
+
+def test_motion_world_bench_reads_the_oracle_encoder_of_files_trained_with_options_it_does_not_know(tmp_path):
+    """A Motion World file written by another version of the training script (an extra train_config field)
+    still gives its oracle tokens: the bench compares models trained with and without such options."""
+    import safetensors.torch
+
+    from bench import motion_world_bench
+
+    shipped = motion_world_bench.REPO / "models" / "motion_world.safetensors"
+    with safetensors.safe_open(str(shipped), framework="pt") as f:
+        metadata = f.metadata()
+    config = {**json.loads(metadata["train_config"]), "an_option_from_elsewhere": 0.5}
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(safetensors.torch.load_file(str(shipped)), str(other), {**metadata, "train_config": json.dumps(config)})
+    expected = motion_world_bench.load_motion_encoder(shipped).state_dict()
+    loaded = motion_world_bench.load_motion_encoder(other).state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
