@@ -139,6 +139,8 @@ def test_one_command_trains_the_decoder_on_the_unet_it_just_trained_after_the_un
         (["--ae-sprite-weight", "20"], "first_stage_model.encoder."),  # and so the UNet, on other latents
         (["--unet-sprite-weight", "3"], "model.diffusion_model."),
         (["--bf16"], "model.diffusion_model."),
+        (["--token-noise", "0.5"], "model.diffusion_model."),
+        (["--token-merge", "0.5"], "model.diffusion_model."),
     ],
 )
 def test_training_options_train_other_weights_are_recorded_and_stay_deterministic(tmp_path, motion_model, option, trains_another):
@@ -147,10 +149,32 @@ def test_training_options_train_other_weights_are_recorded_and_stay_deterministi
     _, again, _ = train(tmp_path, "b.safetensors", *option)
     assert all(torch.equal(tensors[k], again[k]) for k in tensors)
     assert not all(torch.equal(plain[k], tensors[k]) for k in plain if k.startswith(trains_another))
-    if option[0] == "--unet-sprite-weight":  # the autoencoder trains before the UNet and does not see the weight
+    if option[0] in ("--unet-sprite-weight", "--token-noise", "--token-merge"):  # the autoencoder trains before the UNet: these do not reach it
         assert all(torch.equal(plain[k], tensors[k]) for k in plain if k.startswith("first_stage_model."))
     name = option[0][2:].replace("-", "_")
     assert json.loads(metadata["train_config"])[name] == (True if len(option) == 1 else float(option[1]))
+
+
+def test_token_noise_scales_with_each_tokens_rms_and_is_deterministic_for_a_generator():
+    from devkit.motion_world.train import perturbed
+
+    tokens = torch.cat([torch.full((4000, 1, 64), 0.1), torch.full((4000, 1, 64), 10.0)], dim=1)  # [B, 2 tokens, D]
+    noisy = perturbed(tokens, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, perturbed(tokens, 0.5, torch.Generator().manual_seed(0)))
+    noise_std = (noisy - tokens).std(dim=(0, 2))
+    assert torch.allclose(noise_std, torch.tensor([0.05, 5.0]), rtol=0.02)  # 0.5 x each token's RMS
+
+
+def test_token_merge_replaces_the_n_tokens_of_the_picked_clips_by_their_mean():
+    from devkit.motion_world.train import merged_tokens
+
+    spatial = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)  # [B, F, N, D]
+    temporal = spatial[:, 0]  # [B, N, D]
+    merge = torch.tensor([False, True])
+    for tokens in (spatial, temporal):
+        out = merged_tokens(tokens, merge)
+        assert torch.equal(out[0], tokens[0])  # clips not picked keep their tokens
+        assert torch.equal(out[1], tokens[1].mean(-2, keepdim=True).expand_as(tokens[1]))  # N equal tokens: their mean
 
 
 def test_denoising_loss_is_svds_edm_loss_and_weighs_the_sprites_latent_cells_by_the_sprite_weight():

@@ -93,6 +93,11 @@ class TrainConfig:
     # of a frame, so a plain mean spends the decoder on background texture and leaves the sprite's edges soft
     ae_sprite_weight: float = 0.0  # the same weight for stage 1 (encoder and decoder from scratch)
     unet_sprite_weight: float = 0.0  # extra loss weight on the latent cells the sprite covers (the motion is there)
+    token_noise: float = 0.0  # Gaussian noise on the motion tokens in UNet training, relative to each token's RMS (an
+    # inverted embedding is a free tensor, off the motion encoder's outputs; measured: it costs the oracle, see the model card)
+    token_merge: float = 0.0  # share of training clips whose N tokens per frame (and N shared ones) are all replaced by
+    # their mean: attention over them is then uniform and only the mean's value says the motion (inverted embeddings land
+    # near uniform attention). Measured: (F+1)x1 steers far better, (F+1)xN and the oracle worse; see the model card
     bf16: bool = False  # bfloat16 autocast for the training forward passes (weights, optimiser, loss and the encoded
     # data stay float32): 1.3-1.4x faster on a CPU with AVX-512 BF16 (measured on this machine's 2-core AMD EPYC)
     clips: int = 6000  # pre-rendered training clips for the UNet stage
@@ -385,6 +390,11 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         with autocast(cfg):
             if cfg.context == "motion":
                 spatial, temporal = encoder(per_frame[idx], summary[idx])
+                if cfg.token_noise:
+                    spatial, temporal = perturbed(spatial, cfg.token_noise, gen), perturbed(temporal, cfg.token_noise, gen)
+                if cfg.token_merge:
+                    merge = torch.rand(b, generator=gen) < cfg.token_merge
+                    spatial, temporal = merged_tokens(spatial, merge), merged_tokens(temporal, merge)
             else:
                 token = clip_model.visual_projection(pooled[idx])  # [B, D]: what ComfyUI's encode_image returns as image_embeds
                 spatial = token[:, None, None, :].expand(b, f, 1, d)
@@ -407,6 +417,20 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
             recent = sum(history[-100:]) / len(history[-100:])
             log(f"unet step {step + 1}/{cfg.unet_steps} loss {recent:.4f} lr {lr:.2e} ({time.perf_counter() - start:.0f} s)")
     return ema, ema_encoder, ema_clip, history
+
+
+def perturbed(tokens: torch.Tensor, scale: float, gen: torch.Generator) -> torch.Tensor:
+    """``tokens`` [..., D] plus Gaussian noise whose std is ``scale`` times each token's RMS (not back-propagated
+    through: the encoder learns where the tokens are, the UNet learns to read their neighbourhood)."""
+    rms = tokens.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
+    noise = torch.randn(tokens.shape, generator=gen)
+    return tokens + (scale * rms * noise).to(tokens.dtype)
+
+
+def merged_tokens(tokens: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+    """``tokens`` [B, ..., N, D] with the N tokens of the clips where ``merge`` [B] is true replaced by their mean."""
+    mean = tokens.mean(-2, keepdim=True).expand_as(tokens)
+    return torch.where(merge.view(-1, *[1] * (tokens.dim() - 1)), mean, tokens)
 
 
 def noised_clip(raw: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator):
