@@ -44,14 +44,18 @@ class MotionInversionOptions:
                 "color_jitter": ("FLOAT", {"default": a.color_jitter, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Random brightness/contrast/saturation change (0 = off). Fights colour leakage."}),
                 "random_cond_frame": ("BOOLEAN", {"default": a.random_cond_frame, "tooltip": "Use a random frame of the reference as the conditioning image instead of the first."}),
                 "cond_noise": ("FLOAT", {"default": a.cond_noise, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": "Noise on the conditioning image's latent, relative to its std (0 = off)."}),
-                "augment_variants": ("INT", {"default": a.variants, "min": 1, "max": 64, "tooltip": "How many augmented copies of the clip are encoded up front (only with flip/crop/jitter)."}),
+                "augment_variants": ("INT", {"default": a.variants, "min": 1, "max": 64, "tooltip": "How many augmented copies of the clip are encoded up front (only with flip/crop/jitter/hue)."}),
                 "eval_draws": ("INT", {"default": d.eval_draws, "min": 0, "max": 64, "tooltip": "Fixed noise draws used to report the loss before and after (0 = skip)."}),
-            }
+            },
+            "optional": {  # inputs added after the first release stay optional, so older API-format workflows still validate
+                "hue_shift": ("FLOAT", {"default": a.hue_shift, "min": 0.0, "max": 0.5, "step": 0.05, "tooltip": "Random hue rotation of the whole clip, as a fraction of the colour circle (0.5 = any hue; 0 = off). Fights colour leakage."}),
+            },
         }
 
-    def options(self, augment_variants, hflip, crop_scale, color_jitter, random_cond_frame, cond_noise, **config):
+    def options(self, augment_variants, hflip, crop_scale, color_jitter, random_cond_frame, cond_noise, hue_shift=Augmentations.hue_shift, **config):
         augment = Augmentations(
-            hflip=hflip, crop_scale=crop_scale, color_jitter=color_jitter, random_cond_frame=random_cond_frame, cond_noise=cond_noise, variants=augment_variants
+            hflip=hflip, crop_scale=crop_scale, color_jitter=color_jitter, hue_shift=hue_shift, random_cond_frame=random_cond_frame,
+            cond_noise=cond_noise, variants=augment_variants,
         )
         return (dict(config, augment=augment),)
 

@@ -90,7 +90,7 @@ MOTION_BUCKET_ID = 127
 AUGMENTATION_LEVEL = 0.0
 
 # Motion Inversion Options' settings: InversionConfig fields plus the augmentations (augment_variants = Augmentations.variants).
-AUGMENTATION_OPTIONS = ("hflip", "crop_scale", "color_jitter", "random_cond_frame", "cond_noise", "augment_variants")
+AUGMENTATION_OPTIONS = ("hflip", "crop_scale", "color_jitter", "hue_shift", "random_cond_frame", "cond_noise", "augment_variants")
 CONFIG_OPTIONS = ("sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip", "per_frame_tokens", "init_noise", "eval_draws")
 OPTION_NAMES = CONFIG_OPTIONS + AUGMENTATION_OPTIONS
 # Load Motion Reference's settings.
@@ -118,6 +118,7 @@ def inversion_config(
         hflip=options.pop("hflip", aug_defaults.hflip),
         crop_scale=options.pop("crop_scale", aug_defaults.crop_scale),
         color_jitter=options.pop("color_jitter", aug_defaults.color_jitter),
+        hue_shift=options.pop("hue_shift", aug_defaults.hue_shift),
         random_cond_frame=options.pop("random_cond_frame", aug_defaults.random_cond_frame),
         cond_noise=options.pop("cond_noise", aug_defaults.cond_noise),
         variants=options.pop("augment_variants", aug_defaults.variants),

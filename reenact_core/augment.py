@@ -1,7 +1,7 @@
 """Anti-leakage augmentations: make the reference's appearance a poor predictor of the loss, so that
 the embedding learns motion rather than the reference's look.
 
-Pixel augmentations (flip, crop/scale, colour jitter) build a few augmented copies of the clip that
+Pixel augmentations (flip, crop/scale, colour jitter, hue rotation) build a few augmented copies of the clip that
 are VAE-encoded once, before the loop (encoding per step would cost as much as the step itself and
 keep the VAE on the GPU); each step then picks one copy. Conditioning augmentations (which frame
 serves as the conditioning image, noise on its latent) are drawn every step.
@@ -10,6 +10,7 @@ serves as the conditioning image, noise on its latent) are drawn every step.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ class Augmentations:
     hflip: bool = False  # mirror the whole clip; this mirrors the motion too, so only for symmetric motions
     crop_scale: float = 1.0  # random crop keeping at least this fraction of each side, resized back; 1 = off
     color_jitter: float = 0.0  # max relative change of brightness, contrast and saturation; 0 = off
+    hue_shift: float = 0.0  # max hue rotation as a fraction of the colour circle (0.5 = any hue); 0 = off
     random_cond_frame: bool = False  # conditioning image taken from a random frame instead of frame 0
     cond_noise: float = 0.0  # Gaussian noise on the conditioning latent, relative to the latent's std; 0 = off
     variants: int = 4  # augmented copies of the clip encoded up front (only used with a pixel augmentation)
@@ -29,6 +31,8 @@ class Augmentations:
             raise ValueError(f"crop_scale must be in [0.1, 1], got {self.crop_scale}")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ValueError(f"color_jitter must be in [0, 1], got {self.color_jitter}")
+        if not 0.0 <= self.hue_shift <= 0.5:
+            raise ValueError(f"hue_shift must be in [0, 0.5], got {self.hue_shift}")
         if self.cond_noise < 0:
             raise ValueError(f"cond_noise must be >= 0, got {self.cond_noise}")
         if self.variants < 1:
@@ -36,7 +40,7 @@ class Augmentations:
 
     @property
     def changes_pixels(self) -> bool:
-        return self.hflip or self.crop_scale < 1.0 or self.color_jitter > 0.0
+        return self.hflip or self.crop_scale < 1.0 or self.color_jitter > 0.0 or self.hue_shift > 0.0
 
 
 def make_variants(frames: torch.Tensor, aug: Augmentations, generator: torch.Generator) -> torch.Tensor:
@@ -51,6 +55,8 @@ def make_variants(frames: torch.Tensor, aug: Augmentations, generator: torch.Gen
             clip = _random_crop(clip, aug.crop_scale, generator)
         if aug.color_jitter > 0.0:
             clip = _color_jitter(clip, aug.color_jitter, generator)
+        if aug.hue_shift > 0.0:
+            clip = _rotate_hue(clip, aug.hue_shift, generator)
         copies.append(clip)
     return torch.stack(copies)
 
@@ -98,3 +104,13 @@ def _color_jitter(clip: torch.Tensor, amount: float, generator: torch.Generator)
     gray = (out * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
     out = (out - gray) * saturation + gray
     return out.clamp(0, 1)
+
+
+def _rotate_hue(clip: torch.Tensor, max_turn: float, generator: torch.Generator) -> torch.Tensor:
+    """The same hue rotation on every frame: RGB turned about the grey axis, so brightness and
+    saturation stay and a red sprite may come out green or blue (colour, not motion)."""
+    angle = 2 * math.pi * _uniform(-max_turn, max_turn, generator)
+    axis = torch.full((3,), 3**-0.5)
+    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    rotation = math.cos(angle) * torch.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * torch.outer(axis, axis)
+    return (clip @ rotation.T.to(clip)).clamp(0, 1)

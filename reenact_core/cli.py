@@ -71,6 +71,7 @@ def _add_inversion(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=a.hflip, help="also train on the mirrored clip (default: off)")
     group.add_argument("--crop-scale", type=float, default=a.crop_scale, help="random crops keeping at least this fraction; 1 = off (default: %(default)s)")
     group.add_argument("--color-jitter", type=float, default=a.color_jitter, help="random brightness/contrast/saturation change; 0 = off (default: %(default)s)")
+    group.add_argument("--hue-shift", type=float, default=a.hue_shift, help="random hue rotation, fraction of the colour circle (0.5 = any hue); 0 = off (default: %(default)s)")
     group.add_argument("--random-cond-frame", action=argparse.BooleanOptionalAction, default=a.random_cond_frame, help="conditioning image from a random frame (default: off)")
     group.add_argument("--cond-noise", type=float, default=a.cond_noise, help="noise on the conditioning latent, relative to its std (default: %(default)s)")
     group.add_argument("--augment-variants", type=_positive_int, default=a.variants, help="augmented copies encoded up front (default: %(default)s)")
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inversion_kwargs(args: argparse.Namespace) -> dict:
     options = {name: getattr(args, name) for name in ("sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip", "per_frame_tokens", "init_noise", "eval_draws")}
-    options.update({name: getattr(args, name) for name in ("hflip", "crop_scale", "color_jitter", "random_cond_frame", "cond_noise", "augment_variants")})
+    options.update({name: getattr(args, name) for name in ("hflip", "crop_scale", "color_jitter", "hue_shift", "random_cond_frame", "cond_noise", "augment_variants")})
     return dict(
         steps=args.steps,
         learning_rate=args.learning_rate,

@@ -116,7 +116,8 @@ def test_options_and_defaults_are_the_nodes(comfy, pack):
     apply = vars(parser.parse_args(["apply", "m.safetensors", "t.png", "-m", "dir"]))
 
     def defaults(node):
-        return {name: spec[1]["default"] for name, spec in node.INPUT_TYPES()["required"].items() if len(spec) > 1 and "default" in spec[1]}
+        inputs = node.INPUT_TYPES()
+        return {name: spec[1]["default"] for group in ("required", "optional") for name, spec in inputs.get(group, {}).items() if len(spec) > 1 and "default" in spec[1]}
 
     inversion = defaults(nodes["MotionTextualInversion"])
     inversion.pop("precision")  # the CLI's --dtype (auto/fp32/bf16/fp16): the same choices
