@@ -3,6 +3,7 @@
     COMFYUI_ROOT=... python -m bench.motion_world_bench --jobs 2        # the table: 3 seeds x 8 x 5, ~45 min on 2 cores
     COMFYUI_ROOT=... python -m bench.motion_world_bench --quick         # 1 seed x 5 x 4 (~10 min)
     COMFYUI_ROOT=... python -m bench.motion_world_bench --sweep --quick # augmentations and inversion settings
+    COMFYUI_ROOT=... python -m bench.motion_world_bench --reference-look target-sprite --only-target 3  # what an embedding keeps
 
 Held-out reference motions (never seen in training) are inverted and applied to target scenes that
 differ in shape, colour, position and background, all through the pack's own nodes in a real
@@ -48,6 +49,7 @@ class Condition:
 
 
 FULL = -1  # tokens: the pack's default N
+REFERENCE_LOOKS = ("own", "target", "target-sprite", "target-background", "target-position")
 
 
 CONDITIONS = (
@@ -88,6 +90,14 @@ def parse_args(argv=None):
     parser.add_argument("--conditions", default="", help="semicolon-separated subset of condition names")
     parser.add_argument("--sweep", action="store_true", help="measure the augmentations and inversion settings instead (see SWEEP)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 5 references, 4 targets")
+    parser.add_argument(
+        "--reference-look", choices=REFERENCE_LOOKS, default="own",
+        help="what the inverted clip looks like: the reference's own scene (the benchmark), or, per target, the target's scene, "
+        "the target's sprite on the reference's background, the reference's sprite on the target's background, or the "
+        "reference's scene with its sprite starting where the target's does "
+        "(diagnostic: which part of the reference's look an embedding keeps; one inversion per reference and target)",
+    )
+    parser.add_argument("--only-target", type=int, default=-1, help="only this target scene (index; default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)  # one worker of --jobs
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world")
@@ -117,8 +127,9 @@ class Harness:
         with safetensors.safe_open(str(path), framework="pt") as f:
             self.context = f.metadata().get("context", "motion")
         self.inversion_defaults = self.pack.NODE_CLASS_MAPPINGS["MotionTextualInversion"].INPUT_TYPES()["required"]
+        option_inputs = self.pack.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()
         self.option_defaults = {
-            name: spec[1]["default"] for name, spec in self.pack.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()["required"].items()
+            name: spec[1]["default"] for group in ("required", "optional") for name, spec in option_inputs.get(group, {}).items()
         }
         self.encoder = load_motion_encoder(path)
 
@@ -204,20 +215,32 @@ def run(args) -> dict:
     rows, strips = [], []
     started = time.perf_counter()
     seeds = [args.only_seed] if args.only_seed >= 0 else range(args.seeds)
+
+    def embed(clip) -> dict:
+        embeddings = {}
+        for condition in conditions:
+            if condition.name == "oracle tokens":
+                embeddings[condition.name] = (harness.oracle(clip), 1.0, None, 0.0, "")
+            elif condition.name == "null context":
+                embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0, "")  # strength 0: the image token alone
+            else:
+                embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
+                settings = embedding.metadata["inversion_config"]  # what the node actually ran with
+                embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds, settings)
+        return embeddings
+
     for seed in seeds:
         references = world.held_out_references(FRAMES, SIZE, seed=seed, targets=targets)[: args.references]
-        for clip in references:
-            embeddings = {}
-            for condition in conditions:
-                if condition.name == "oracle tokens":
-                    embeddings[condition.name] = (harness.oracle(clip), 1.0, None, 0.0, "")
-                elif condition.name == "null context":
-                    embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0, "")  # strength 0: the image token alone
-                else:
-                    embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
-                    settings = embedding.metadata["inversion_config"]  # what the node actually ran with
-                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds, settings)
+        for index, clip in enumerate(references):
+            own_look = embed(clip) if args.reference_look == "own" else None
             for t_index, target in enumerate(targets):
+                if args.only_target >= 0 and t_index != args.only_target:
+                    continue
+                if own_look is not None:
+                    embeddings = own_look
+                else:  # the same seed and index as held_out_references, so the reference's own scene is the same one
+                    own_scene = world.reference_scene(clip.motion, seed + index, avoid=targets)
+                    embeddings = embed(world.render_clip(restyled(own_scene, target, args.reference_look), clip.motion, FRAMES, SIZE))
                 ideal = world.render_clip(target, clip.motion, FRAMES, SIZE)
                 generated_row = {}
                 for name, (embedding, strength, final_loss, seconds, settings) in embeddings.items():
@@ -231,6 +254,18 @@ def run(args) -> dict:
                     strips.append((clip, ideal, generated_row))
             print(f"  seed {seed} {clip.motion.name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     return {"rows": rows, "strips": strips, "conditions": [c.name for c in conditions], "seconds": time.perf_counter() - started}
+
+
+def restyled(reference: world.Scene, target: world.Scene, look: str) -> world.Scene:
+    """The scene a reference motion is inverted on for --reference-look: the target's scene, or the reference's
+    scene with one thing of the target's: its sprite (shape and colour), its background, or its sprite's start."""
+    if look == "target":
+        return target
+    if look == "target-sprite":
+        return dataclasses.replace(reference, shape=target.shape, sprite_color=target.sprite_color)
+    if look == "target-background":
+        return dataclasses.replace(reference, background=target.background)
+    return dataclasses.replace(reference, position=target.position)
 
 
 def selected_conditions(args) -> list[Condition]:

@@ -147,6 +147,36 @@ def test_motion_world_bench_sweep_runs_each_setting_through_the_options_node(tmp
     assert "learning_rate=0.3" in node_default and "schedule=cosine" in node_default and "color_jitter': 0.0" in node_default
 
 
+def test_motion_world_bench_inverts_per_target_with_another_reference_look(tmp_path):
+    """--reference-look target: each reference motion is inverted once per target, on that target's own scene
+    (so the two targets' embeddings fit different clips), and --options reach the node (hue_shift is optional)."""
+    from bench import motion_world_bench
+    from devkit.motion_world import world
+
+    def run(*extra):
+        out = tmp_path / "-".join(extra or ("own",))
+        motion_world_bench.main(["--seeds", "1", "--references", "1", "--targets", "2", "--steps", "3", "--sampler-steps", "2",
+                                 "--conditions", "per-frame (F+1)xN", "--options", '{"schedule": "constant", "hue_shift": 0.5}',
+                                 "--out", str(out), *extra])
+        return json.loads((out / "results.json").read_text())["rows"]
+
+    own = run()
+    assert [r["target"] for r in own] == [0, 1] and own[0]["final_loss"] == own[1]["final_loss"]  # one inversion for both
+    assert "hue_shift': 0.5" in own[0]["inversion_config"]
+    per_target = run("--reference-look", "target")
+    assert [r["target"] for r in per_target] == [0, 1] and per_target[0]["final_loss"] != per_target[1]["final_loss"]
+    assert [r["target"] for r in run("--reference-look", "target-sprite", "--only-target", "1")] == [1]
+
+    reference, target = world.target_scenes(2, seed=5)
+    assert motion_world_bench.restyled(reference, target, "target") is target
+    sprite = motion_world_bench.restyled(reference, target, "target-sprite")
+    assert (sprite.shape, sprite.sprite_color, sprite.position, sprite.background) == (target.shape, target.sprite_color, reference.position, reference.background)
+    background = motion_world_bench.restyled(reference, target, "target-background")
+    assert (background.shape, background.position, background.background) == (reference.shape, reference.position, target.background)
+    position = motion_world_bench.restyled(reference, target, "target-position")
+    assert (position.shape, position.position, position.background) == (reference.shape, target.position, reference.background)
+
+
 def test_motion_world_bench_reads_the_oracle_encoder_of_files_trained_with_options_it_does_not_know(tmp_path):
     """A Motion World file written by another version of the training script (an extra train_config field)
     still gives its oracle tokens: the bench compares models trained with and without such options."""
