@@ -1,10 +1,10 @@
 """Anti-leakage augmentations: make the reference's appearance a poor predictor of the loss, so that
 the embedding learns motion rather than the reference's look.
 
-Pixel augmentations (flip, crop/scale, colour jitter, hue rotation) build a few augmented copies of the clip that
-are VAE-encoded once, before the loop (encoding per step would cost as much as the step itself and
-keep the VAE on the GPU); each step then picks one copy. Conditioning augmentations (which frame
-serves as the conditioning image, noise on its latent) are drawn every step.
+Pixel augmentations (flip, crop/scale, colour jitter, hue rotation) build a few augmented copies of
+the clip that are VAE-encoded once, before the loop (encoding per step would cost as much as the step
+itself and keep the VAE on the GPU); each step then picks one copy. Conditioning augmentations (which
+frame serves as the conditioning image, noise on its latent) are drawn every step.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def _color_jitter(clip: torch.Tensor, amount: float, generator: torch.Generator)
 
 
 def _rotate_hue(clip: torch.Tensor, max_turn: float, generator: torch.Generator) -> torch.Tensor:
-    """The same hue rotation on every frame: RGB turned about the grey axis, so brightness and
-    saturation stay and a red sprite may come out green or blue (colour, not motion)."""
+    """The same hue rotation on every frame: RGB turned about the grey axis, which keeps each pixel's
+    mean of R, G, B and its distance from grey (up to clipping), so a red sprite may come out green or
+    blue (colour, not motion)."""
     angle = 2 * math.pi * _uniform(-max_turn, max_turn, generator)
     axis = torch.full((3,), 3**-0.5)
     cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
