@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _inversion_kwargs(args: argparse.Namespace) -> dict:
-    options = {name: getattr(args, name) for name in ("sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip", "per_frame_tokens", "init_noise", "eval_draws")}
-    options.update({name: getattr(args, name) for name in ("hflip", "crop_scale", "color_jitter", "hue_shift", "random_cond_frame", "cond_noise", "augment_variants")})
+    from .api import OPTION_NAMES  # the one list of Motion Inversion Options' settings (imported where the API is used anyway)
+
+    options = {name: getattr(args, name) for name in OPTION_NAMES}
     return dict(
         steps=args.steps,
         learning_rate=args.learning_rate,

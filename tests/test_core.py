@@ -238,7 +238,8 @@ def test_variants_and_conditioning():
         Augmentations(crop_scale=0.0)
 
 
-def test_hue_rotation_turns_colour_and_keeps_grey():
+def test_hue_rotation_turns_colour_and_keeps_grey(monkeypatch):
+    import reenact_core.augment as augment
     from reenact_core.augment import _rotate_hue
 
     red = torch.zeros(2, 3, 3, 3)
@@ -248,14 +249,9 @@ def test_hue_rotation_turns_colour_and_keeps_grey():
     turned = {tuple(_rotate_hue(red, 0.5, g)[0, 0, 0].round(decimals=2).tolist()) for _ in range(20)}
     assert len(turned) > 10  # a random angle each call
     assert torch.allclose(_rotate_hue(grey, 0.5, g), grey, atol=1e-6)  # grey has no hue
-    import reenact_core.augment as augment
-
-    original = augment._uniform
-    augment._uniform = lambda lo, hi, generator: 1 / 3  # a third of a turn moves red to green
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(augment, "_uniform", lambda lo, hi, generator: 1 / 3)  # a third of a turn moves red to green
         third = _rotate_hue(red, 0.5, g)
-    finally:
-        augment._uniform = original
     assert torch.allclose(third[..., 1], red[..., 0], atol=1e-5) and third[..., 0].abs().max() < 1e-5
     variants = make_variants(red, Augmentations(hue_shift=0.5, variants=4), g)
     assert torch.equal(variants[0], red) and all(not torch.equal(v, red) for v in variants[1:])
