@@ -1,24 +1,23 @@
 """ComfyUI's SVD model as a reenact_core Denoiser, on a private copy that autograd can use.
 
 ComfyUI runs every node under ``torch.inference_mode()`` and its loaders create weights as inference
-tensors, which autograd refuses to save for backward. The inversion therefore works on a private copy
-of the UNet made outside inference mode (never on the model other nodes share), in the precision
-chosen for the inversion, with frozen weights, optionally gradient-checkpointed, and thrown away
-afterwards.
+tensors, which autograd refuses to save for backward. The inversion therefore works on a private copy of
+the UNet (``private_model``: how it is made, and the rules for the user's shared models), in the
+precision chosen for the inversion, with frozen weights, optionally gradient-checkpointed, and thrown
+away afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import gc
 import inspect
 import logging
 
 import comfy.model_base
-import comfy.model_management
 import torch
 import torch.utils.checkpoint
+
+from . import private_model
 
 log = logging.getLogger("reenact_anything")
 
@@ -47,7 +46,7 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float16
     if device.type == "cpu":
         return torch.float32
-    if comfy.model_management.should_use_bf16(device):
+    if private_model.bf16_supported(device):
         return torch.bfloat16
     return torch.float16
 
@@ -78,37 +77,19 @@ class ComfySVDDenoiser:
 
 @contextlib.contextmanager
 def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None):
-    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training.
+    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training, with
+    attention that backpropagates. Call it under inference mode (a node); the block runs outside it.
     ``preflight(base, device)`` runs on the loaded copy before the loop (before checkpointing wraps it)."""
-    mm = comfy.model_management
     device = model_patcher.load_device
-    private_patcher = None
-    with torch.inference_mode(False):
-        try:
-            private_patcher = _reloaded_patcher(model_patcher)
-            if private_patcher is not None:
-                _load(private_patcher, memory_required)
-                base = private_patcher.model
-            else:
-                _load(model_patcher, memory_required)  # applies LoRA patches etc. exactly as sampling would
-                base = _copy_effective_weights(model_patcher.model)
-            _convert_unet(base, dtype, device)
-            _protect_saved_norm_inputs(base.diffusion_model)
-            if private_patcher is None and device.type != "cpu":
-                mm.free_memory(memory_required, device)  # room for activations; may evict the shared model
+    with private_model.private_copy(model_patcher, memory_required) as base:
+        _convert_unet(base, dtype, device)
+        _protect_saved_norm_inputs(base.diffusion_model)
+        with private_model.differentiable_attention():
             if preflight is not None:
-                with _fast_attention():
-                    preflight(base, device)
+                preflight(base, device)
             if gradient_checkpointing:
                 _checkpoint_blocks(base.diffusion_model)
-            with _fast_attention():
-                yield base, device
-        finally:
-            if private_patcher is not None:
-                _forget_loaded(private_patcher)
-            private_patcher = base = None
-            gc.collect()
-            mm.soft_empty_cache()
+            yield base, device
 
 
 class NotEnoughMemory(RuntimeError):
@@ -116,15 +97,6 @@ class NotEnoughMemory(RuntimeError):
 
 
 GIB = 2**30
-
-
-def offload(*patchers) -> None:
-    """Move models the loop does not need (the VAE, CLIP vision) off the GPU, through ComfyUI's
-    model management, so their memory goes to activations."""
-    for patcher in patchers:
-        if patcher is not None:
-            _forget_loaded(patcher)
-    comfy.model_management.soft_empty_cache()
 
 
 def activation_profile(base, denoiser, tokens: int, dim: int, device: torch.device) -> dict:
@@ -204,63 +176,6 @@ def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width
     )
 
 
-@contextlib.contextmanager
-def _fast_attention():
-    """Use PyTorch's SDPA for the inversion where ComfyUI chose a slow fallback (sub-quadratic or split
-    attention, ComfyUI's pick on CPU and some setups): same results, far faster forward and backward.
-    xformers/flash/sage choices are kept. ComfyUI looks the function up per call, and nothing else runs
-    while a node executes, so swapping it for the duration of the loop affects only the inversion."""
-    import comfy.ldm.modules.attention as attention
-
-    current = getattr(attention, "optimized_attention", None)
-    fast = getattr(attention, "attention_pytorch", None)
-    slow = {getattr(attention, name, None) for name in ("attention_sub_quad", "attention_split", "attention_basic")} - {None}
-    if fast is None or current not in slow:
-        yield
-        return
-    attention.optimized_attention = fast
-    try:
-        yield
-    finally:
-        attention.optimized_attention = current
-
-
-def _load(patcher, memory_required: int) -> None:
-    load = comfy.model_management.load_models_gpu
-    kwargs = {"memory_required": memory_required}
-    if "force_full_load" in inspect.signature(load).parameters:
-        kwargs["force_full_load"] = True  # partially offloaded weights cannot be trained through
-    load([patcher], **kwargs)
-
-
-def _reloaded_patcher(model_patcher):
-    """ComfyUI >= 2026-06 can reload a model from its file outside inference mode (clone(force_deepcopy))."""
-    if "force_deepcopy" not in inspect.signature(model_patcher.clone).parameters:
-        return None
-    if getattr(model_patcher, "cached_patcher_init", None) is None:
-        return None
-    return model_patcher.clone(force_deepcopy=True)
-
-
-def _copy_effective_weights(base):
-    """Deep copy of the loaded model whose tensors are fresh, ordinary (non-inference) tensors."""
-    memo = {}
-    for p in base.parameters():
-        memo[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-    for b in base.buffers():
-        memo[id(b)] = b.detach().clone()
-    # Shared, not copied: read-only settings, and newer ComfyUI's model config cannot be deep-copied
-    # (its __getattr__ answers None for __setstate__).
-    if getattr(base, "model_config", None) is not None:
-        memo[id(base.model_config)] = base.model_config
-    private = copy.deepcopy(base, memo)
-    # Bookkeeping attributes a ModelPatcher leaves on the module describe the shared model, not this copy.
-    for attr in ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram", "current_weight_patches_uuid"):
-        if hasattr(private, attr):
-            delattr(private, attr)
-    return private
-
-
 def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
     unet = base.diffusion_model
     unet.requires_grad_(False)
@@ -314,14 +229,3 @@ def _checkpoint_blocks(unet) -> None:
             return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
         layer.forward = checkpointed
-
-
-def _forget_loaded(patcher) -> None:
-    mm = comfy.model_management
-    for i in reversed(range(len(mm.current_loaded_models))):
-        loaded = mm.current_loaded_models[i]
-        if getattr(loaded, "model", None) is patcher:
-            try:
-                loaded.model_unload()
-            finally:
-                mm.current_loaded_models.pop(i)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 
-import comfy.model_management
 import comfy.utils
 import torch
 
 from ..reenact_core.augment import Augmentations
-from ..reenact_core.inversion import InversionConfig, encode_training_clips, initial_tokens, invert, labelled_embedding
+from ..reenact_core.inversion import InversionConfig, NoTokenGradient, encode_training_clips, initial_tokens, invert, labelled_embedding
 from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
 from ..reenact_core.video import ReferenceClip, fit_frames, resample_frames
-from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, offload, require_svd, trainable_svd
+from . import private_model
+from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, require_svd, trainable_svd
 
 CATEGORY = "Reenact Anything"
 PREVIEWS_PER_RUN = 40
@@ -129,14 +129,14 @@ class MotionTextualInversion:
         frame_embeds = clip_vision.encode_image(frames).image_embeds if clip_vision is not None else None
         context_dim = model.model.model_config.unet_config.get("context_dim", 1024)  # SVD: 1024; small test models differ
         init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds, dim=context_dim)
-        offload(getattr(vae, "patcher", None), getattr(clip_vision, "patcher", None))  # their VRAM goes to activations
+        private_model.offload(getattr(vae, "patcher", None), getattr(clip_vision, "patcher", None))  # their VRAM goes to activations
 
         progress = comfy.utils.ProgressBar(steps)
         preview_every = max(1, steps // PREVIEWS_PER_RUN)
         history: list[float] = []
 
         def on_step(info):
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            private_model.raise_if_interrupted()
             history.append(info.loss)
             preview = None
             if info.step % preview_every == 0 or info.step == info.steps:
@@ -152,16 +152,24 @@ class MotionTextualInversion:
                 return
             probe = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
             profile = activation_profile(base, probe, init.tokens, init.dim, device)
-            check_memory(profile, comfy.model_management.get_free_memory(device), video_frames, height, width, gradient_checkpointing)
+            check_memory(profile, private_model.free_vram(device), video_frames, height, width, gradient_checkpointing)
 
         memory_required = _memory_required(model, latent_shape, gradient_checkpointing)
         with trainable_svd(model, dtype, gradient_checkpointing, memory_required, preflight) as (base, device):
             denoiser = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
-            result = invert(
-                denoiser, training_latents.clone().to(device), init, config, on_step, loss_scaling=dtype == torch.float16
-            )
+            try:
+                result = invert(
+                    denoiser, training_latents.clone().to(device), init, config, on_step, loss_scaling=dtype == torch.float16
+                )
+            except NoTokenGradient as error:
+                raise TokensCannotLearn(
+                    f"Motion inversion stopped before its first step: {error}. The inversion trained through "
+                    f"{private_model.attention_name()} (ComfyUI's own choice is restored afterwards), so something else "
+                    "cuts the path from the tokens to the loss, most likely another custom node pack that patches SVD's "
+                    "attention or UNet. Disable such packs (or start ComfyUI without their attention options) and queue again."
+                ) from error
         # An interrupt that came during the last step or the final evaluation: still emit nothing.
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        private_model.raise_if_interrupted()
 
         embedding = labelled_embedding(
             result, config, motion_reference.source, motion_reference.sha256,
@@ -172,6 +180,10 @@ class MotionTextualInversion:
 
 
 class VAEMismatch(ValueError):
+    pass
+
+
+class TokensCannotLearn(RuntimeError):
     pass
 
 

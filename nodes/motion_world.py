@@ -12,13 +12,14 @@ import os
 import tempfile
 
 import comfy.clip_vision
-import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import safetensors
 import safetensors.torch
 import torch
+
+from .private_model import default_devices
 
 CATEGORY = "Reenact Anything"
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
@@ -74,9 +75,8 @@ def load_motion_world(path: str):
     state_dict = safetensors.torch.load_file(path)
     model = build_unet(unet_config)
     model.load_model_weights(state_dict, UNET_PREFIX)
-    patcher = comfy.model_patcher.ModelPatcher(
-        model, load_device=comfy.model_management.get_torch_device(), offload_device=comfy.model_management.unet_offload_device()
-    )
+    load_device, offload_device = default_devices()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     vae = build_vae(vae_config, {k: v.float() for k, v in _with_prefix(state_dict, VAE_PREFIX).items()})
     clip_vision = build_clip_vision(clip_config, _with_prefix(state_dict, CLIP_PREFIX))
     return patcher, clip_vision, vae

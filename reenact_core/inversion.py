@@ -32,6 +32,11 @@ class InversionDiverged(RuntimeError):
     """The loss or the embedding became NaN/inf; the message says which setting to change."""
 
 
+class NoTokenGradient(RuntimeError):
+    """The first step's backward did not give the tokens a usable gradient: the model's path from the
+    tokens to the loss is cut (most often an attention implementation without a backward)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class InversionConfig:
     # Defaults from bench/convergence.py (README, "How many steps"): a high learning rate decayed to zero
@@ -257,8 +262,11 @@ def invert(
             )
 
         optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            scaler.scale(loss).backward()
+        if step == 0:
+            _backward_checked(scaler.scale(loss), params, scaler)
+        else:
+            with torch.enable_grad():
+                scaler.scale(loss).backward()
         if scaler.unscale_and_check(params):
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -275,6 +283,28 @@ def invert(
     learned = MotionEmbedding(spatial=spatial.detach().cpu(), temporal=temporal.detach().cpu(), metadata=dict(init.metadata))
     final_eval = evaluate_loss(denoiser, reference, learned, eval_sigmas, eval_seed) if eval_sigmas is not None else None
     return InversionResult(learned, history, initial_eval, final_eval, time.perf_counter() - start)
+
+
+def _backward_checked(loss: torch.Tensor, params: list[torch.Tensor], scaler: _LossScaler) -> None:
+    """The first step's backward, checked: every token tensor gets a gradient that exists, is finite and is
+    not all zero. Costs nothing extra: it is the first step itself."""
+    if not loss.requires_grad:
+        raise NoTokenGradient("the loss does not depend on the tokens (the model's output carries no autograd history)")
+    try:
+        with torch.enable_grad():
+            loss.backward()
+    except RuntimeError as error:
+        raise NoTokenGradient(f"the backward pass failed: {error}") from error
+    names = ("frame tokens", "shared tokens")
+    for name, param in zip(names, params, strict=True):
+        if param.grad is None:
+            raise NoTokenGradient(f"the {name} got no gradient")
+        # In fp16 an overflow is the loss scaler's business (it skips the step and lowers the scale).
+        if not scaler.enabled and not bool(torch.isfinite(param.grad).all()):
+            raise NoTokenGradient(f"the {name}' gradient is not finite")
+    # Zero for both: nothing reaches them. (A model may ignore one set, e.g. one without temporal cross-attention.)
+    if not any(bool(param.grad.any()) for param in params):
+        raise NoTokenGradient("the tokens' gradient is zero everywhere")
 
 
 class _LossScaler:

@@ -14,6 +14,7 @@ from reenact_core.embedding import MotionEmbedding, mix
 from reenact_core.inversion import (
     InversionConfig,
     InversionDiverged,
+    NoTokenGradient,
     edm_loss,
     encode_training_clips,
     evaluation_sigmas,
@@ -152,6 +153,81 @@ def test_divergence_is_reported_not_returned():
     latents = encode_training_clips(pixels, encode, config)
     with pytest.raises(InversionDiverged, match="Lower learning_rate"):
         invert(Exploding(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
+
+
+class _DetachedOutput(ToyVideoDenoiser):  # a backend whose kernels return tensors without autograd history
+    def forward(self, *args):
+        return super().forward(*args).detach()
+
+
+class _FailingBackward(ToyVideoDenoiser):  # a backend whose op has no backward formula
+    def forward(self, *args):
+        return _NoBackward.apply(super().forward(*args))
+
+
+class _ZeroGradient(ToyVideoDenoiser):  # the tokens enter, but nothing flows back to them
+    def forward(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+        out = super().forward(noisy, sigma, frame_tokens.detach(), shared_tokens.detach(), image_latent)
+        return out + 0.0 * (frame_tokens.sum() + shared_tokens.sum())
+
+
+class _NaNGradient(ToyVideoDenoiser):  # a finite forward whose backward overflows
+    def forward(self, *args):
+        return _NaNBackward.apply(super().forward(*args))
+
+
+class _NoBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no autograd formula was registered")
+
+
+class _NaNBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize(
+    "denoiser, reason",
+    [
+        (_DetachedOutput, "does not depend on the tokens"),
+        (_FailingBackward, "backward pass failed: no autograd formula"),
+        (_ZeroGradient, "zero everywhere"),
+        (_NaNGradient, "not finite"),
+    ],
+)
+def test_the_first_step_stops_when_the_tokens_get_no_usable_gradient(denoiser, reason):
+    """Checked in the first step itself, before the optimiser moves anything: no callback runs."""
+    _, pixels, encode = toy_setup()
+    config = InversionConfig(steps=5, tokens_per_frame=2, eval_draws=0)
+    latents = encode_training_clips(pixels, encode, config)
+    steps = []
+    with pytest.raises(NoTokenGradient, match=reason):
+        invert(denoiser(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config, steps.append)
+    assert steps == []
+
+
+def test_a_model_that_ignores_one_token_set_still_trains():
+    """Zero gradient for one set is legitimate (a model without temporal cross-attention); only both is not."""
+
+    class NoTemporal(ToyVideoDenoiser):
+        def forward(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+            return super().forward(noisy, sigma, frame_tokens, torch.zeros_like(shared_tokens), image_latent) + 0.0 * shared_tokens.sum()
+
+    _, pixels, encode = toy_setup()
+    config = InversionConfig(steps=3, tokens_per_frame=2, eval_draws=0)
+    latents = encode_training_clips(pixels, encode, config)
+    result = invert(NoTemporal(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
+    assert len(result.loss_history) == 3
 
 
 def test_loss_scaling_gives_the_same_result_in_fp32():

@@ -1,6 +1,6 @@
 """Memory and speed features of the inversion, in a real ComfyUI on the random-weight SVD test checkpoint:
 the activation-memory estimate behind the preflight, the preflight's verdict, offloading the VAE and
-CLIP vision during the loop, and the SDPA attention swap."""
+CLIP vision during the loop. (The attention swap and the private copy: test_gpu_path.py.)"""
 
 from __future__ import annotations
 
@@ -109,17 +109,6 @@ def test_inversion_offloads_vae_and_clip_vision(comfy, svd, pack):
     assert clip_vision.patcher not in loaded
 
 
-def test_sdpa_attention_during_the_loop_only(comfy, svd, denoiser_module):
-    import comfy.ldm.modules.attention as attention
-
-    before = attention.optimized_attention
-    with denoiser_module.trainable_svd(svd[0], torch.float32, False):
-        during = attention.optimized_attention
-    assert attention.optimized_attention is before
-    slow = {getattr(attention, n, None) for n in ("attention_sub_quad", "attention_split", "attention_basic")}
-    assert during is (attention.attention_pytorch if before in slow else before)
-
-
 def test_gradient_checkpointing_really_saves_activation_memory(svd, denoiser_module):
     """ComfyUI runs a UNet block's layers itself, so checkpointing must wrap the layers: with it on,
     autograd keeps far less for the backward pass."""
@@ -128,11 +117,12 @@ def test_gradient_checkpointing_really_saves_activation_memory(svd, denoiser_mod
     assert ckpt < 0.3 * full, (ckpt, full)
 
 
-def test_private_copy_for_models_from_custom_loaders(svd, denoiser_module, monkeypatch):
+def test_private_copy_for_models_from_custom_loaders(svd, pack, denoiser_module, monkeypatch):
     """Models that newer ComfyUI cannot reload from file (custom loaders, e.g. Motion World) are copied
     in memory; the copy must work on every ComfyUI (newer model configs refuse deepcopy) and share
     no tensor with the model other nodes use."""
-    monkeypatch.setattr(denoiser_module, "_reloaded_patcher", lambda patcher: None)
+    private_model = pack_submodule(pack.module, "nodes.private_model")
+    monkeypatch.setattr(private_model, "copy_branch", lambda patcher: "copy")
     shared = {p.data_ptr() for p in svd[0].model.parameters()}
     with denoiser_module.trainable_svd(svd[0], torch.float32, False) as (base, _):
         assert base is not svd[0].model
