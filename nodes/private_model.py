@@ -50,12 +50,15 @@ log = logging.getLogger("reenact_anything")
 # Attributes dynamic VRAM (comfy-aimdo, 2026) hangs on a model and its modules. They own native memory
 # and free it in __del__: a private copy must never hold copies of them.
 DYNAMIC_MODEL_ATTRIBUTES = ("dynamic_vbars", "dynamic_pins", "dynamic_patchers")
-DYNAMIC_MODULE_ATTRIBUTES = ("_v", "_v_signature", "_pin_state", "weight_lowvram_function", "bias_lowvram_function")
-# Bookkeeping a ModelPatcher leaves on the module: it describes the user's loaded model, not the copy.
-PATCHER_BOOKKEEPING = (
+DYNAMIC_MODULE_ATTRIBUTES = ("_v", "_v_signature", "_pin_state", "seed_key", "weight_lowvram_function", "bias_lowvram_function")
+# State a ModelPatcher leaves on the model and its layers when it loads them: it describes how the user's
+# model is loaded (already patched, partially offloaded, patch functions bound to the user's patcher), not
+# the copy, whose own patcher sets it again when ComfyUI loads the copy.
+PATCHER_MODEL_STATE = (
     "model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram", "current_weight_patches_uuid",
     "model_offload_buffer_memory",
 )
+PATCHER_MODULE_STATE = ("comfy_patched_weights", "weight_function", "bias_function", "comfy_cast_weights", "prev_comfy_cast_weights")
 
 
 # ---- 1. shared models: only under inference mode ------------------------------------------------------
@@ -164,9 +167,9 @@ def _copied_patcher(model_patcher):
         source = originals.get(name, tensor).detach()
         fresh = source.to(offload_device, copy=True)
         memo[id(tensor)] = torch.nn.Parameter(fresh, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else fresh
-    # Dynamic-VRAM handles: leave them out (memo them to None, delete below). Settings shared, not copied:
-    # newer ComfyUI's model config cannot be deep-copied (its __getattr__ answers None for __setstate__).
-    for holder, names in [(base, DYNAMIC_MODEL_ATTRIBUTES)] + [(m, DYNAMIC_MODULE_ATTRIBUTES) for m in base.modules()]:
+    # Dynamic-VRAM handles and the user's loading state: never copied (memoised to None, deleted below).
+    # Settings are shared, not copied: newer ComfyUI's model config cannot be deep-copied.
+    for holder, names in _left_out(base):
         for attr in names:
             value = vars(holder).get(attr)
             if not _is_atom(value):  # memoising an atom (None, False, ()) would replace it everywhere
@@ -174,11 +177,9 @@ def _copied_patcher(model_patcher):
     if getattr(base, "model_config", None) is not None:
         memo[id(base.model_config)] = base.model_config
     private_module = copy.deepcopy(base, memo)
-    for holder, names in [(private_module, DYNAMIC_MODEL_ATTRIBUTES + PATCHER_BOOKKEEPING)] + [
-        (m, DYNAMIC_MODULE_ATTRIBUTES) for m in private_module.modules()
-    ]:
+    for holder, names in _left_out(private_module):
         for attr in names:
-            vars(holder).pop(attr, None)
+            vars(holder).pop(attr, None)  # back to the layer class's defaults
 
     private = comfy.model_patcher.ModelPatcher(
         private_module, load_device=model_patcher.load_device, offload_device=offload_device, size=model_patcher.model_size()
@@ -188,6 +189,13 @@ def _copied_patcher(model_patcher):
     if hasattr(model_patcher, "weight_wrapper_patches"):
         private.weight_wrapper_patches = dict(model_patcher.weight_wrapper_patches)
     return private
+
+
+def _left_out(module) -> list[tuple[object, tuple[str, ...]]]:
+    """(holder, attribute names) a private copy leaves out, on the model and on each of its layers."""
+    return [(module, DYNAMIC_MODEL_ATTRIBUTES + PATCHER_MODEL_STATE)] + [
+        (layer, DYNAMIC_MODULE_ATTRIBUTES + PATCHER_MODULE_STATE) for layer in module.modules()
+    ]
 
 
 def _is_atom(value) -> bool:

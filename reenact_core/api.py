@@ -65,6 +65,7 @@ from .video import (
     fit_frames,
     load_reference_video,
     mp4_codec,
+    pyav,
     resample_frames,
     select_and_resize,
 )
@@ -544,8 +545,7 @@ def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = FPS) 
 def _write_pyav(array: np.ndarray, path: Path, fps: float, container_format: str) -> None:
     import fractions
 
-    import av
-
+    av = pyav()
     if container_format == "webm":
         codec = next((c for c in ("libvpx-vp9", "libvpx") if c in av.codecs_available), None)
         if codec is None:

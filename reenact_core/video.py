@@ -33,15 +33,19 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ def load_reference_video(
         ) from e
     except MemoryError as e:
         raise ReferenceVideoError(f"{p}: ran out of memory while loading; {_SELECTION_HINT}") from e
-    except (av.error.FFmpegError, OSError, EOFError) as e:
+    except (*_ffmpeg_errors(), OSError, EOFError) as e:
         raise ReferenceVideoError(
             f"{p}: could not be read as a video ({_describe(e)}); the file may be corrupt, "
             f"truncated or not a video: {REEXPORT_HINT}"
@@ -263,9 +267,27 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def pyav():
+    """PyAV, imported where a video is decoded or written: the pack, stills and PNG sequences work without it."""
+    try:
+        import av
+    except ImportError as e:
+        raise ReferenceVideoError(
+            "reading or writing video files needs PyAV: install the pack's requirements (pip install av), "
+            "or use a still image or a folder of PNG frames"
+        ) from e
+    return av
+
+
+def _ffmpeg_errors() -> tuple[type[BaseException], ...]:
+    """PyAV's error class where PyAV is loaded (it is, once a video was opened), for except clauses."""
+    av = sys.modules.get("av")
+    return (av.error.FFmpegError,) if av is not None else ()
+
+
 def mp4_codec() -> str:
     """H.264 where this PyAV build has x264, else MPEG-4 Part 2 (always built in)."""
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    return "libx264" if "libx264" in pyav().codecs_available else "mpeg4"
 
 
 def encode_video(
@@ -273,6 +295,7 @@ def encode_video(
 ) -> None:
     """Encode uint8 frames [T, H, W, 3] with PyAV. Odd sizes are padded by one edge pixel (yuv420p
     needs even sizes)."""
+    av = pyav()
     height, width = frames.shape[1:3]
     with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=rate, options=options or {})
@@ -406,6 +429,7 @@ def _finish(kept: list[np.ndarray], seen: int, sel: _Selection, source: Path) ->
 def _load_with_pyav(
     p: Path, sel: _Selection, size: _SizeRule, budget: int
 ) -> tuple[torch.Tensor, float]:
+    av = pyav()
     try:
         # Local files only: a playlist-like file (HLS, concat...) must never make FFmpeg fetch URLs.
         container = av.open(
@@ -477,6 +501,7 @@ def _estimate_frame_count(
     container: av.container.InputContainer, stream: av.VideoStream
 ) -> int | None:
     """Frame count from metadata: exact for mp4/mov, duration × rate for mkv/webm, else None."""
+    av = pyav()
     if stream.frames:
         return stream.frames
     rate = stream.average_rate or stream.guessed_rate
@@ -494,6 +519,7 @@ def _decoded_av_frames(
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames in presentation order. Damaged packets are skipped (as players do) and a
     container that breaks part-way ends the clip there; both are counted or logged."""
+    av = pyav()
     packets = container.demux(stream)
     while True:
         try:

@@ -14,7 +14,6 @@ The rules these check are the contract in ``nodes/private_model.py``.
 from __future__ import annotations
 
 import gc
-import inspect
 import os
 
 import pytest
@@ -163,8 +162,8 @@ def test_inversion_trains_through_sdpa_whatever_attention_is_installed(comfy, sv
 
 
 def test_installed_attention_is_back_after_an_interrupt_and_after_an_error(comfy, svd, reference, installed_attention, monkeypatch):
-    from comfy.ldm.modules import attention
     from comfy import utils as comfy_utils
+    from comfy.ldm.modules import attention
 
     mm = comfy.model_management
     in_training = getattr(mm, "in_training", None)

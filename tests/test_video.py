@@ -639,3 +639,35 @@ def test_select_and_resize_image_batch_matches_loader_semantics():
     assert select_and_resize(clip).frames.shape == (10, 6, 8, 3)
     with pytest.raises(ReferenceVideoError, match="all 10 frames were skipped"):
         select_and_resize(clip, skip_first_frames=10)
+
+
+def test_without_pyav_the_core_imports_stills_load_and_videos_say_what_to_install(tmp_path):
+    """PyAV is imported only where a video is decoded or written (the GPU check's machine has none)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((16, 24, 3), 128, np.uint8)).save(still)
+    (tmp_path / "clip.mp4").write_bytes(b"not opened: PyAV is missing")
+    code = r"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "av":
+            raise ModuleNotFoundError("No module named 'av'", name=name)
+sys.meta_path.insert(0, Block())
+import reenact_core.api, reenact_core.cli
+from reenact_core.video import ReferenceVideoError, load_reference_video
+clip = load_reference_video(sys.argv[1])
+assert tuple(clip.frames.shape) == (1, 16, 24, 3), clip.frames.shape
+try:
+    load_reference_video(sys.argv[2])
+except ReferenceVideoError as e:
+    assert "pip install av" in str(e), e
+    print("ASKS-FOR-PYAV")
+assert "av" not in sys.modules
+"""
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code, str(still), str(tmp_path / "clip.mp4")], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ASKS-FOR-PYAV" in result.stdout, result.stdout + result.stderr
