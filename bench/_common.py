@@ -101,12 +101,9 @@ class Env:
         if key in cache:
             return cache[key]
         if model == "test":
-            from devkit.comfy_env import register_model_folder
             from devkit.svd_checkpoint import ensure_svd_test_checkpoint
 
-            path = ensure_svd_test_checkpoint()
-            register_model_folder(self.comfy, "checkpoints", os.path.dirname(path))
-            out = self.run("ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(path))
+            out = self.load_checkpoint(ensure_svd_test_checkpoint())
         elif model == "motion-world":
             name = "motion_world.safetensors"
             if not (REPO / "models" / name).is_file():
@@ -116,6 +113,13 @@ class Env:
             raise ValueError(model)
         cache[key] = out
         return out
+
+    def load_checkpoint(self, path):
+        """(MODEL, CLIP_VISION, VAE) of an SVD checkpoint file, by the stock ImageOnlyCheckpointLoader."""
+        from devkit.comfy_env import register_model_folder
+
+        register_model_folder(self.comfy, "checkpoints", os.path.dirname(os.fspath(path)))
+        return self.run("ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(os.fspath(path)))
 
     def full_svd(self, dtype: torch.dtype):
         """A ModelPatcher of the full-size SVD UNet with deterministic random weights, built in

@@ -3,7 +3,7 @@
     COMFYUI_ROOT=... OMP_NUM_THREADS=1 python -m bench.apply_overhead --model test
     COMFYUI_ROOT=... OMP_NUM_THREADS=1 python -m bench.apply_overhead --model test --quick     # smallest (the test's)
     COMFYUI_ROOT=... OMP_NUM_THREADS=1 python -m bench.apply_overhead --model motion-world
-    COMFYUI_ROOT=... python -m bench.apply_overhead --model test --frames 14 --width 1024 --height 576 --steps 20   # GPU
+    COMFYUI_ROOT=... python -m bench.apply_overhead --checkpoint svd.safetensors --frames 14 --width 1024 --height 576 --steps 20   # GPU
 
 Both graphs are the shipped apply workflow's, run in-process through the nodes (run_node), same
 steps, size, seed and cfg:
@@ -35,6 +35,7 @@ MODEL_DEFAULTS = {"test": (4, 64, 64), "motion-world": (8, 64, 64)}  # frames, w
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("test", "motion-world"), default="test")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="an SVD checkpoint file instead of --model (e.g. the GPU check's full-size one)")
     parser.add_argument("--frames", type=int, default=0, help="0: 4 (test), 8 (motion-world)")
     parser.add_argument("--width", type=int, default=0, help="0: 64")
     parser.add_argument("--height", type=int, default=0, help="0: 64")
@@ -59,7 +60,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     env = C.Env(C.pick_device(args.device))
-    model, clip_vision, vae = env.load(args.model)
+    model, clip_vision, vae = env.load_checkpoint(args.checkpoint) if args.checkpoint else env.load(args.model)
     embedding_cls = env.sub("reenact_core.embedding").MotionEmbedding
     tokens = env.node_default("MotionTextualInversion", "tokens_per_frame")
     gen = torch.Generator().manual_seed(args.seed)
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
         for name in ("stock", "motion"):  # memory in runs of their own: measuring must not slow the timed ones
             memory[name] = measured(name == "motion")
 
-    result = C.header("apply_overhead", env, args.model)
+    result = C.header("apply_overhead", env, args.checkpoint.name if args.checkpoint else args.model)
     result.update(frames=args.frames, size=f"{args.width}x{args.height}", steps=args.steps, cfg=args.cfg, seed=args.seed,
                   repeats=args.repeats, target_time_ratio=TARGET_TIME, conditioning_seconds=cond_seconds,
                   memory_measure=memory["stock"]["method"], runs=runs, memory=memory, rows=[])

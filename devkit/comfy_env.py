@@ -36,11 +36,15 @@ _REQUIRED_EXTRA_NODES = (
 )
 
 
-def load_comfyui(root: str | None = None, dirs: str | None = None, **cli_args) -> types.SimpleNamespace:
+def load_comfyui(
+    root: str | None = None, dirs: str | None = None, required_nodes: tuple[str, ...] = _REQUIRED_EXTRA_NODES, **cli_args
+) -> types.SimpleNamespace:
     """Import the ComfyUI at ``root`` (default: env COMFYUI_ROOT) and return its main modules.
 
     ``dirs`` (default: env REENACT_TEST_DIRS, else a fresh temp dir) receives ComfyUI's output, temp,
-    input and user folders so tests never write into the ComfyUI checkout.
+    input and user folders so tests never write into the ComfyUI checkout. ``required_nodes``: built-in
+    nodes whose absence is an error (a machine without some of ComfyUI's optional packages loses others).
+    ``cpu`` (default True) forces ``--cpu``; ``cpu=False`` keeps ComfyUI's own device choice.
     """
     with _STATE.lock:
         root = root or os.environ.get("COMFYUI_ROOT")
@@ -70,9 +74,10 @@ def load_comfyui(root: str | None = None, dirs: str | None = None, **cli_args) -
         comfy.options.args_parsing = False
         import comfy.cli_args
 
-        if "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
+        cpu = cli_args.pop("cpu", True)
+        if cpu and "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
             raise RuntimeError("comfy.model_management was imported before load_comfyui could force --cpu")
-        comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.cpu = cpu
         for name, value in cli_args.items():  # e.g. use_pytorch_cross_attention=True, before any model code loads
             setattr(comfy.cli_args.args, name, value)
 
@@ -90,8 +95,8 @@ def load_comfyui(root: str | None = None, dirs: str | None = None, **cli_args) -
 
         if not os.path.realpath(nodes.__file__).startswith(root + os.sep):
             raise RuntimeError(f"`import nodes` gave {nodes.__file__}, not ComfyUI's nodes.py in {root}")
-        _init_builtin_extra_nodes(nodes)
-        missing = [n for n in _REQUIRED_EXTRA_NODES if n not in nodes.NODE_CLASS_MAPPINGS]
+        _init_builtin_extra_nodes(nodes, required_nodes)
+        missing = [n for n in required_nodes if n not in nodes.NODE_CLASS_MAPPINGS]
         if missing:
             raise RuntimeError(f"ComfyUI at {root} did not register the built-in nodes {missing}")
 
@@ -180,9 +185,9 @@ def _set_directories(folder_paths, dirs: str | None) -> str:
     return base
 
 
-def _init_builtin_extra_nodes(nodes) -> None:
+def _init_builtin_extra_nodes(nodes, required_nodes) -> None:
     """Register comfy_extras/ nodes without loading anything from ComfyUI's custom_nodes folder."""
-    if all(n in nodes.NODE_CLASS_MAPPINGS for n in _REQUIRED_EXTRA_NODES):
+    if required_nodes and all(n in nodes.NODE_CLASS_MAPPINGS for n in required_nodes):
         return  # already done (e.g. by whoever imported ComfyUI first)
     init = getattr(nodes, "init_extra_nodes", None)
     if init is not None:

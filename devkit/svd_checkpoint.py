@@ -160,22 +160,29 @@ def _ensure(name: str, seed: int, cache_dir) -> pathlib.Path:
 
 
 def _build(path: pathlib.Path, seed: int) -> None:
+    load_comfyui()
+    write_checkpoint(path, _unet_state_dict(seed), seed, {"cross_attn_gain": CROSS_ATTN_GAIN})
+
+
+def write_checkpoint(path: pathlib.Path, unet_state_dict: dict, seed: int, description: dict) -> None:
+    """An SVD checkpoint as ComfyUI's ImageOnlyCheckpointLoader reads it: ``unet_state_dict`` (any SVD
+    layout) plus the real-size SVD VAE and ViT-H CLIP vision with random weights, all fp16. Used for the
+    test checkpoints and for the GPU check's full-size one (bench/gpu_check.py)."""
     import safetensors.torch
 
-    load_comfyui()
     sd = {}
     # One component at a time, each converted to fp16 and its fp32 module dropped, to bound RAM.
-    sd.update(_prefixed(_unet_state_dict(seed), _UNET_PREFIX))
+    sd.update(_prefixed(unet_state_dict, _UNET_PREFIX))
+    del unet_state_dict
     sd.update(_prefixed(_vae_state_dict(seed + 1), _VAE_PREFIX))
     sd.update(_prefixed(_clip_vision_state_dict(seed + 2), _CLIP_VISION_PREFIX))
     # A single metadata entry: safetensors writes several in varying order (breaks byte-identity).
-    meta = {"reenact_test_model": json.dumps({"builder": BUILDER_VERSION, "seed": seed,
-                                              "cross_attn_gain": CROSS_ATTN_GAIN}, sort_keys=True)}
+    meta = {"reenact_test_model": json.dumps({"builder": BUILDER_VERSION, "seed": seed, **description}, sort_keys=True)}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
 
 
 def _prefixed(sd: dict, prefix: str) -> dict:
-    return {prefix + k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    return {prefix + k: v.detach().to("cpu", torch.float16).contiguous() for k, v in sd.items()}
 
 
 def _unet_state_dict(seed: int) -> dict:
