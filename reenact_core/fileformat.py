@@ -166,7 +166,9 @@ def parse_embedding(data: bytes, name: str = "embedding") -> MotionEmbedding:
 def _split_header(data: bytes, name: str) -> tuple[dict, bytes]:
     if len(data) < 8:
         raise EmbeddingFileError(f"{name}: the file is empty or truncated ({len(data)} bytes); download or save it again")
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    # A pickle starts with 0x80 (protocol 2+), a PyTorch zip with "PK"; a safetensors header length may start
+    # with those bytes too (a 640-byte header is 80 02 00 ...), but its JSON header always opens at byte 8.
+    if (data[:2] == b"PK" or data[:1] == b"\x80") and data[8:9] != b"{":
         raise EmbeddingFileError(
             f"{name}: this is a pickle/zip file (PyTorch .pt/.bin format), not safetensors. "
             "This pack never loads pickles because they can run code; ask for a .safetensors motion embedding"

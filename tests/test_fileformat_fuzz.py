@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import signal
 import struct
 import tempfile
@@ -32,7 +33,7 @@ from reenact_core.fileformat import EmbeddingFileError, build_metadata, load_emb
 SETTINGS = dict(
     derandomize=True,  # CI runs the same files every time
     database=None,
-    deadline=timedelta(seconds=1),
+    deadline=timedelta(seconds=5),  # a hang, not a slow moment of a loaded machine
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 MUTATED, EDITED, FROM_SCRATCH, RANDOM = 6000, 3000, 1000, 500
@@ -239,3 +240,72 @@ def test_the_seeds_are_valid_and_a_foreign_error_would_fail(monkeypatch):
     monkeypatch.setattr(fileformat, "_check_metadata", broken)
     with pytest.raises(KeyError):
         check(seeds()[0])
+
+
+# -- well-formed files with bad contents: each check must fire, and only for its own defect --------------------
+
+DEFECTS = {  # defect -> the fragment of the one message that must refuse it
+    "none": None,
+    "nan": "NaN or infinite values",
+    "inf": "NaN or infinite values",
+    "temporal shape": "they must agree in tokens-per-frame and dim",
+    "metadata count": "but the tensors have",
+    "dtype": "motion embeddings are F32, F16 or BF16",
+    "ndim": "positive dimensions",
+    "newer format": "made by a newer version",
+}
+WELL_FORMED = 1600
+
+
+@st.composite
+def well_formed_files(draw) -> tuple[str, bytes]:
+    """A structurally valid safetensors file (consistent header and offsets, real metadata) with one defect."""
+    frames, tokens, dim = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16]))
+    defect = draw(st.sampled_from(sorted(DEFECTS)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    tensors = {"spatial": torch.randn(frames, tokens, dim, generator=g), "temporal": torch.randn(tokens, dim, generator=g)}
+    meta = dict(parse_embedding(seeds()[0]).metadata, frames=str(frames), tokens=str(tokens), dim=str(dim))
+    if defect in ("nan", "inf"):
+        key = draw(st.sampled_from(["spatial", "temporal"]))
+        flat = tensors[key].view(-1)
+        for index in draw(st.lists(st.integers(0, flat.numel() - 1), min_size=1, max_size=3)):
+            flat[index] = float("nan") if defect == "nan" else draw(st.sampled_from([float("inf"), float("-inf")]))
+    elif defect == "temporal shape":
+        tensors["temporal"] = torch.randn(tokens + draw(st.integers(1, 2)), dim, generator=g)
+    elif defect == "metadata count":
+        key = draw(st.sampled_from(["frames", "tokens", "dim"]))
+        meta[key] = str(int(meta[key]) + draw(st.sampled_from([-1, 1, 7])))
+    elif defect == "dtype":
+        tensors[draw(st.sampled_from(["spatial", "temporal"]))] = tensors["spatial" if draw(st.booleans()) else "temporal"].to(
+            draw(st.sampled_from([torch.float64, torch.int32, torch.uint8, torch.int64])))
+        tensors = {"spatial": tensors["spatial"], "temporal": tensors["temporal"]}
+    elif defect == "ndim":
+        if draw(st.booleans()):
+            tensors["spatial"] = tensors["spatial"].reshape(frames * tokens, dim)
+        else:
+            tensors["temporal"] = tensors["temporal"][None]
+    elif defect == "newer format":
+        meta["format_version"] = str(int(meta["format_version"]) + draw(st.integers(1, 5)))
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    return defect, data
+
+
+def test_well_formed_files_with_bad_contents_are_refused_by_the_check_for_that_defect():
+    """Files that pass every structural check and carry one defect each (NaN/inf values, shapes that disagree,
+    metadata that contradicts the tensors, a foreign dtype or rank, a newer format): every defect is refused,
+    by the message for that defect, and defect-free files load. Each check fires many times."""
+    fired = dict.fromkeys(DEFECTS, 0)
+
+    @settings(max_examples=WELL_FORMED, **SETTINGS)
+    @given(well_formed_files())
+    def fuzz(case):
+        defect, data = case
+        if DEFECTS[defect] is None:
+            assert check(data) == "ok"
+        else:
+            with pytest.raises(EmbeddingFileError, match=re.escape(DEFECTS[defect])):
+                parse_embedding(data, name="fuzzed.safetensors")
+        fired[defect] += 1
+
+    fuzz()
+    assert min(fired.values()) >= 100, fired
