@@ -158,3 +158,78 @@ def test_save_replaces_atomically(tmp_path):
     save_embedding(embedding(frames=2, tokens=2, dim=8, seed=2), target)
     assert not torch.equal(load_embedding(target).spatial, before.spatial)
     assert [p.name for p in tmp_path.iterdir()] == ["same.safetensors"]
+
+
+# ---- atomic save under real faults (in a child process: the faults are the kernel's) ------------------------
+
+_SAVE_IN_A_CHILD = r"""
+import os, resource, signal, sys, torch
+from reenact_core.embedding import MotionEmbedding
+from reenact_core.fileformat import save_embedding
+target, limit, die = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "die"
+g = torch.Generator().manual_seed(7)
+new = MotionEmbedding(torch.randn(14, 5, 1024, generator=g), torch.randn(5, 1024, generator=g))  # ~300 KB
+# The kernel stops any write past `limit` bytes: with SIGXFSZ ignored the write fails (EFBIG) part-way,
+# like a disk that fills up; with its default action the process is killed in the middle of the write.
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL if die else signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    save_embedding(new, target)
+except OSError as e:
+    print("SAVE-FAILED", e.errno)
+"""
+
+
+def _save_in_a_child(target, limit: int, die: bool):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", _SAVE_IN_A_CHILD, str(target), str(limit), "die" if die else "fail"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["over a previous file", "new file"])
+def test_a_write_that_fails_part_way_keeps_the_previous_file_and_leaves_nothing(tmp_path, previous):
+    import errno
+
+    target = tmp_path / "motion.safetensors"
+    if previous:
+        save_embedding(embedding(frames=2, tokens=2, dim=8, seed=1), target)
+        before = target.read_bytes()
+    result = _save_in_a_child(target, limit=100_000, die=False)
+    assert f"SAVE-FAILED {errno.EFBIG}" in result.stdout, result.stdout + result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == (["motion.safetensors"] if previous else [])  # no temporary file either
+    if previous:
+        assert target.read_bytes() == before
+
+
+def test_a_process_killed_mid_save_keeps_the_previous_file_whole(tmp_path):
+    import signal
+
+    target = tmp_path / "motion.safetensors"
+    save_embedding(embedding(frames=2, tokens=2, dim=8, seed=1), target)
+    before = target.read_bytes()
+    result = _save_in_a_child(target, limit=100_000, die=True)
+    assert result.returncode == -signal.SIGXFSZ, result.stdout + result.stderr  # killed inside the write
+    assert target.read_bytes() == before and load_embedding(target).frames == 2
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "motion.safetensors"]
+    assert all(name.startswith(".motion.safetensors.") and name.endswith(".tmp") for name in leftovers), leftovers
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"], ids=["like a pickle", "like a zip"])
+def test_a_valid_file_whose_header_length_starts_like_a_pickle_or_zip_loads(tmp_path, first_bytes, monkeypatch):
+    """A safetensors file begins with its header's length: 640 bytes is 80 02 00 .. (a pickle's first bytes),
+    19,280 is 50 4B .. ("PK", a zip's). Such files are ordinary embeddings and must load (found by the fuzz)."""
+    target = tmp_path / "x.safetensors"
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # only the search is fast this way; the file is the same
+    for padding in range(0, 40_000, 8):  # safetensors pads its header to a multiple of 8
+        emb = embedding(frames=2, tokens=2, dim=8).with_metadata(note="n" * (padding % 15_000), other="o" * (padding // 15_000 * 5_000))
+        save_embedding(emb, target)
+        data = target.read_bytes()
+        if data[: len(first_bytes)] == first_bytes:
+            break
+    else:
+        pytest.fail("no padding gave that header length")
+    assert load_embedding(target).frames == 2
