@@ -16,6 +16,7 @@ from reenact_core.inversion import (
     InversionDiverged,
     NoTokenGradient,
     edm_loss,
+    edm_weight,
     encode_training_clips,
     evaluation_sigmas,
     initial_tokens,
@@ -228,6 +229,34 @@ def test_a_model_that_ignores_one_token_set_still_trains():
     latents = encode_training_clips(pixels, encode, config)
     result = invert(NoTemporal(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
     assert len(result.loss_history) == 3
+
+
+def test_the_optimiser_steps_on_the_edm_weighted_loss():
+    """What the loop logs and differentiates is (sigma^2+1)/sigma^2 * mean((D - x0)^2), checked from outside:
+    with one fixed sigma (std 0) and no augmentation, x0 is the clip itself; the gradient reaching the
+    denoiser's output must be the weighted loss's, 2 * w(sigma) * (D - x0) / numel, not the plain MSE's."""
+    seen = {}
+
+    class Recording(ToyVideoDenoiser):
+        def forward(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+            out = super().forward(noisy, sigma, frame_tokens, shared_tokens, image_latent)
+            if out.requires_grad and "grad" not in seen:
+                seen["out"] = out.detach().clone()
+                out.register_hook(lambda grad: seen.setdefault("grad", grad.detach().clone()))
+            return out
+
+    _, pixels, encode = toy_setup()
+    sigma = 4.0  # w(4) = 17/16: any other weighting of the same draw gives another gradient
+    config = InversionConfig(steps=1, tokens_per_frame=2, eval_draws=0, sigma_log_mean=math.log(sigma), sigma_log_std=0.0)
+    latents = encode_training_clips(pixels, encode, config)
+    x0 = latents[0]
+    logged = []
+    invert(Recording(dim=DIM), latents, initial_tokens(4, config, torch.Generator(), dim=DIM), config, lambda i: logged.append(i.loss))
+    weight = float(edm_weight(torch.tensor(sigma)))
+    assert weight == pytest.approx(17 / 16)
+    assert logged[0] == pytest.approx(weight * float(torch.mean((seen["out"] - x0) ** 2)), rel=1e-5)
+    expected = 2 * weight * (seen["out"] - x0) / x0.numel()
+    torch.testing.assert_close(seen["grad"], expected, rtol=1e-4, atol=1e-9)
 
 
 def test_loss_scaling_gives_the_same_result_in_fp32():
