@@ -148,7 +148,7 @@ class MotionTextualInversion:
         latent_shape = [video_frames, 4, height // 8, width // 8]
 
         def preflight(base, device):
-            if device.type == "cpu":  # system RAM: the reference-frame budget already guards it
+            if not _preflight_applies(device):
                 return
             probe = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
             profile = activation_profile(base, probe, init.tokens, init.dim, device)
@@ -202,6 +202,11 @@ def _check_latents(latents: torch.Tensor, model, width: int, height: int) -> Non
             "The VAE produced NaN or infinite latents for the reference frames: connect the VAE from the same checkpoint "
             "as the model; if it is that one, start ComfyUI with --fp32-vae (fp16 VAEs can overflow)."
         )
+
+
+def _preflight_applies(device: torch.device) -> bool:
+    """The VRAM preflight runs on GPUs; on CPU (system RAM) the reference-frame budget already guards memory."""
+    return device.type != "cpu"
 
 
 def _memory_required(model, latent_shape, checkpointing: bool) -> int:
