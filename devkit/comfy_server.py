@@ -31,6 +31,10 @@ class ServerError(RuntimeError):
     pass
 
 
+class PortTaken(ServerError):
+    """Another process bound the chosen port before the server could."""
+
+
 class PromptRejected(ServerError):
     """POST /prompt answered 400: the body holds ComfyUI's error and node_errors."""
 
@@ -56,6 +60,7 @@ class ComfyServer:
         block_network: bool = False,
         custom_nodes: list[str | os.PathLike] | None = None,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ):
         self.root = Path(root).resolve()
         self.base = Path(base_dir).resolve()
@@ -65,7 +70,7 @@ class ComfyServer:
         self.block_network = block_network
         self.custom_nodes = [Path(p).resolve() for p in (custom_nodes or [])]  # more node packs to install
         self.env = dict(env or {})
-        self.port = free_port()
+        self.port = port or free_port()  # ``port``: try this one first (a test gives a taken one)
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
@@ -76,7 +81,22 @@ class ComfyServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 180.0) -> ComfyServer:
+    def start(self, timeout: float = 180.0, attempts: int = 3) -> ComfyServer:
+        """Start the server. The port is free when chosen but may be taken before the server binds it:
+        then the server exits, and it is started again on another port. It counts as started only once
+        it has logged its own successful bind on this port and answers, never when some other process
+        answers on the port."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> ComfyServer:
         for name, target in [(PACK_FOLDER_NAME, REPO)] + [(p.name, p) for p in self.custom_nodes]:
             link = self.base / "custom_nodes" / name
             if not link.exists():
@@ -100,16 +120,26 @@ class ComfyServer:
             env["REENACT_NETWORK_LOG"] = str(self.network_log)
         env.update(self.env)
         self._log = open(self.log_path, "ab")
+        log_start = self._log.tell()
         self.process = subprocess.Popen(args, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        bound = f"To see the GUI go to: http://127.0.0.1:{self.port}".encode()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"ComfyUI exited with {self.process.returncode} during start-up:\n{self.log_tail()}")
-            try:
-                self.get("/object_info/LoadMotionReference", timeout=5)
-                return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                time.sleep(0.5)
+                code, tail = self.process.returncode, self.log_tail()
+                new_output = self.log_path.read_bytes()[log_start:]
+                self._log.close()
+                self.process = None
+                if b"already in use" in new_output:  # aiohttp's EADDRINUSE (2024), ComfyUI's own message (2025+)
+                    raise PortTaken(self.port)
+                raise ServerError(f"ComfyUI exited with {code} during start-up:\n{tail}")
+            if bound in self.log_path.read_bytes()[log_start:]:
+                try:
+                    self.get("/object_info/LoadMotionReference", timeout=5)
+                    return self
+                except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                    pass
+            time.sleep(0.5)
         self.stop()
         raise ServerError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 

@@ -8,8 +8,17 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"  # test-only node pack for test servers
+
+# Property tests draw the same examples on every run (CI never fails on a draw it cannot repeat), with no
+# deadline (a loaded machine is slow, not wrong) and no example database. HYPOTHESIS_PROFILE=explore draws
+# new examples, for looking for bugs by hand.
+settings.register_profile("suite", derandomize=True, deadline=None, database=None)
+settings.register_profile("explore", derandomize=False, deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +77,14 @@ def comfyui_root() -> str:
     if not root:
         pytest.fail("set COMFYUI_ROOT to a ComfyUI checkout (./dev.sh test sets it up and exports it)")
     return root
+
+
+def paused_at(prompt: dict, inversion: str, after_step: int) -> dict:
+    """The API prompt with the test pack's ReenactTestPauseInversion between the inversion and its
+    reference: that inversion waits after ``after_step`` (0: before its first step) until interrupted."""
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+    steps = prompt[inversion]["inputs"]["steps"]
+    prompt["pause"] = {"class_type": "ReenactTestPauseInversion",
+                       "inputs": {"motion_reference": prompt[inversion]["inputs"]["motion_reference"], "after_step": after_step, "of_steps": steps}}
+    prompt[inversion]["inputs"]["motion_reference"] = ["pause", 0]
+    return prompt

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import comfyui_root, make_checkpoints_folder
+from conftest import TEST_NODES, comfyui_root, make_checkpoints_folder, paused_at
 from PIL import Image, ImageSequence
 
 from devkit.comfy_server import ComfyServer, PromptRejected, execution_error
 from devkit.cpu_scale import SIZE, XT_FRAMES, overrides_for
 from devkit.workflow_convert import WorkflowError, apply_overrides, ui_to_api
-from reenact_core.fileformat import load_embedding
+from reenact_core.fileformat import load_embedding, save_embedding
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -54,7 +54,7 @@ def server(tmp_path_factory, request):
     root = comfyui_root()
     base = tmp_path_factory.mktemp("comfy-server")
     checkpoints = make_checkpoints_folder(base)
-    srv = ComfyServer(root, base, {"checkpoints": checkpoints}, python=sys.executable)
+    srv = ComfyServer(root, base, {"checkpoints": checkpoints}, python=sys.executable, custom_nodes=[TEST_NODES])
     start = time.monotonic()
     srv.start()
     TIMINGS["server start-up"] = time.monotonic() - start
@@ -503,6 +503,7 @@ def test_interrupt_ends_a_running_inversion_cleanly(server, object_info):
     prompt = with_inversion_options(scaled_prompt(object_info, INVERT), object_info, eval_draws=0)
     inversion = nodes_of(prompt, "MotionTextualInversion")[0]
     prompt[inversion]["inputs"]["steps"] = 500
+    prompt = paused_at(prompt, inversion, 2)  # it waits after step 2 until interrupted (test pack): no race with the loop
     prefix = prompt[nodes_of(prompt, "SaveMotionEmbedding")[0]]["inputs"]["filename_prefix"]
     embeddings = server.base / "output" / "motion_embeddings"
     with WebSocketListener(server) as ws:
@@ -522,7 +523,7 @@ def test_interrupt_ends_a_running_inversion_cleanly(server, object_info):
         TIMINGS["interrupt: queue -> inversion step 2"] = interrupted_at - start
         TIMINGS["interrupt: POST /interrupt -> history entry"] = time.monotonic() - interrupted_at
         steps_done = max(m["data"]["value"] for m in ws.messages if m["type"] == "progress" and m["data"].get("node") == inversion)
-    assert steps_done < 500
+    assert steps_done == 2
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert entry["status"]["status_str"] == "error" and "execution_interrupted" in kinds, entry["status"]
     assert execution_error(entry) is None  # interrupted, not crashed
@@ -587,7 +588,58 @@ def test_shipped_workflow_runs_end_to_end(server, object_info, path):
         assert not np.array_equal(a[0], b[0]), "the two targets gave the same video"
     if "svd_xt" in path.stem:
         assert ckpt == "svd_xt.safetensors" and len(videos) == 1
-        embedding_node = nodes_of(prompt, "LoadMotionEmbedding")[0]
-        assert load_embedding(EXAMPLE_EMBEDDING).frames == 14
-        assert prompt[embedding_node]["inputs"]["embedding_name"] == EXAMPLE_EMBEDDING.name
-        assert XT_FRAMES not in (14, load_embedding(EXAMPLE_EMBEDDING).frames)
+        check_resampled_in_time(server, prompt, outputs[videos[0]]["images"][0])
+
+
+def test_the_motion_world_workflow_runs_at_its_shipped_settings(server, object_info):
+    """Workflow 5 as a user queues it (no CPU scaling: 300 inversion steps, the workflow's sizes): it learns the
+    bundled reference's motion and the target's sprite moves (its video is not a still)."""
+    path = REPO / "workflows" / "reenact_5_motion_world_demo.json"
+    prompt = ui_to_api(load_workflow(path), object_info)
+    (inversion,) = nodes_of(prompt, "MotionTextualInversion")
+    assert prompt[inversion]["inputs"]["steps"] == 300  # the shipped setting, not a scaled one
+    tag = uuid.uuid4().hex[:8]
+    for entry in prompt.values():
+        if "filename_prefix" in entry["inputs"]:
+            entry["inputs"]["filename_prefix"] += f"_{tag}"
+    entry = run_timed(server, prompt, "workflow 5 at its shipped settings")
+    assert_success(server, entry)
+    (video,) = [entry["outputs"][n]["images"][0] for n in nodes_of(prompt, "SaveAnimatedWEBP")]
+    frames = decode_frames(server.output_path(video))
+    assert len(frames) == prompt[nodes_of(prompt, "SVD_img2vid_Conditioning")[0]]["inputs"]["video_frames"]
+    changes = [float(np.abs(b.astype(float) - a.astype(float)).mean()) for a, b in zip(frames, frames[1:], strict=False)]
+    assert min(changes) > 0.5, changes  # every frame differs from the previous one: the sprite moves
+    (saved,) = saved_embeddings(server, {"outputs": {n: entry["outputs"][n] for n in nodes_of(prompt, "SaveMotionEmbedding")}})
+    assert load_embedding(saved).metadata["steps"] == "300"
+
+
+def check_resampled_in_time(server: ComfyServer, prompt: dict, video: dict) -> None:
+    """The SVD-XT workflow applies a 14-frame motion to a latent of another frame count (25 on a GPU; fewer in
+    this CPU-scaled run). Its video must be exactly the one the same graph makes from that motion resampled in
+    time beforehand (first and last rows kept, linear between), and not the one from ComfyUI's own tiling or
+    truncation of the rows, which is what an unresampled motion would give."""
+    embedding_node = nodes_of(prompt, "LoadMotionEmbedding")[0]
+    motion = load_embedding(EXAMPLE_EMBEDDING)
+    assert prompt[embedding_node]["inputs"]["embedding_name"] == EXAMPLE_EMBEDDING.name and motion.frames != XT_FRAMES
+    folder = server.base / "output" / "motion_embeddings" / "resampling"
+    folder.mkdir(parents=True, exist_ok=True)
+    tiled_rows = [i % motion.frames for i in range(XT_FRAMES)]  # what ComfyUI's repeat_to_batch_size does with them
+    variants = {
+        "resampled": motion.resample_frames(XT_FRAMES),
+        "tiled": type(motion)(motion.spatial[tiled_rows], motion.temporal, motion.metadata),
+    }
+    frames = {}
+    for name, variant in variants.items():
+        save_embedding(variant, folder / f"{name}.safetensors")
+        again = copy.deepcopy(prompt)
+        again[embedding_node]["inputs"]["embedding_name"] = f"resampling/{name}.safetensors"
+        for node_id in nodes_of(again, "SaveAnimatedWEBP"):
+            again[node_id]["inputs"]["filename_prefix"] = f"resampling_{name}"
+        entry = run_timed(server, again, f"SVD-XT workflow, motion {name} beforehand")
+        assert_success(server, entry)
+        (out,) = [entry["outputs"][n]["images"][0] for n in nodes_of(again, "SaveAnimatedWEBP")]
+        frames[name] = decode_frames(server.output_path(out))
+    shipped = decode_frames(server.output_path(video))
+    assert len(shipped) == XT_FRAMES
+    assert all(np.array_equal(a, b) for a, b in zip(shipped, frames["resampled"], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(shipped, frames["tiled"], strict=True))

@@ -6,12 +6,19 @@
   write inf into its parameters after its second step, and ``EXPLODING_LEARNING_RATE`` writes 1e30
   (finite, but the next forward pass gives a NaN loss): learning rates that diverge, which the
   random-weight test model cannot produce by itself. Any other learning rate is left alone.
+* ``ReenactTestPauseInversion`` passes a motion reference through and makes the next progress bar of
+  ``of_steps`` steps (the Motion Textual Inversion it feeds) wait after reporting step ``after_step`` (0:
+  before its first step) until the prompt is interrupted. A test's POST /interrupt then lands exactly
+  there, whatever the machine's speed: cancelling is driven by the server's state, not by timing.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 
+import comfy.model_management
+import comfy.utils
 import torch
 
 DIVERGING_LEARNING_RATE = 0.875
@@ -36,6 +43,58 @@ class ReenactTestOpenConnection:
         return {"ui": {"text": ["connected"]}}
 
 
+class ReenactTestPauseInversion:
+    CATEGORY = "_reenact_test"
+    DESCRIPTION = "Test only: the next inversion of of_steps steps waits after step after_step until the prompt is interrupted."
+    RETURN_TYPES = ("MOTION_REFERENCE",)
+    FUNCTION = "pause"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "motion_reference": ("MOTION_REFERENCE", {"tooltip": "Passed through."}),
+                "after_step": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Wait after this step (0: before the first)."}),
+                "of_steps": ("INT", {"default": 1, "min": 1, "max": 100000, "tooltip": "The inversion's steps (which progress bar)."}),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # always runs: it arms the pause
+
+    def pause(self, motion_reference, after_step, of_steps):
+        _PAUSE.update(after=after_step, total=of_steps)
+        return (motion_reference,)
+
+
+_PAUSE: dict = {"after": None, "total": None}
+_real_init = comfy.utils.ProgressBar.__init__
+_real_update = comfy.utils.ProgressBar.update_absolute
+
+
+def _wait_for_interrupt(timeout: float = 300.0) -> None:
+    _PAUSE.update(after=None, total=None)
+    deadline = time.monotonic() + timeout
+    while not comfy.model_management.processing_interrupted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _init(self, total, *args, **kwargs):
+    _real_init(self, total, *args, **kwargs)
+    if _PAUSE["after"] == 0 and _PAUSE["total"] == total:
+        _wait_for_interrupt()
+
+
+def _update(self, value, total=None, *args, **kwargs):
+    _real_update(self, value, total, *args, **kwargs)
+    if _PAUSE["after"] and _PAUSE["total"] == (total or self.total) and value >= _PAUSE["after"]:
+        _wait_for_interrupt()
+
+
+comfy.utils.ProgressBar.__init__ = _init
+comfy.utils.ProgressBar.update_absolute = _update
+
 _real_step = torch.optim.AdamW.step
 
 
@@ -54,5 +113,8 @@ def _step(self, *args, **kwargs):
 
 torch.optim.AdamW.step = _step
 
-NODE_CLASS_MAPPINGS = {"ReenactTestOpenConnection": ReenactTestOpenConnection}
-NODE_DISPLAY_NAME_MAPPINGS = {"ReenactTestOpenConnection": "Reenact test: open a connection"}
+NODE_CLASS_MAPPINGS = {"ReenactTestOpenConnection": ReenactTestOpenConnection, "ReenactTestPauseInversion": ReenactTestPauseInversion}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ReenactTestOpenConnection": "Reenact test: open a connection",
+    "ReenactTestPauseInversion": "Reenact test: pause the next inversion",
+}
