@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -282,6 +281,7 @@ class Console:
 def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_file, workflow_path):
     workflow = json.loads(workflow_path.read_text())
     context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(JS_RECORD_WEBSOCKET)
     page = context.new_page()
     console = Console(page, server.url)
     try:
@@ -298,6 +298,51 @@ def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_fi
             print(f"console error ({message['harmless'] or 'NOT KNOWN'}): {message['text']} [{message['url']}]")
     assert not console.page_errors, "uncaught errors in the page:\n" + "\n\n".join(console.page_errors)
     assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
+
+
+# Every websocket message the page receives, recorded from before the frontend starts (both frontends
+# talk to ComfyUI over one websocket), so the test waits for what the page has seen, not for a time.
+JS_RECORD_WEBSOCKET = """
+(() => {
+  const Native = window.WebSocket;
+  window.__reenactMessages = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        if (typeof event.data === "string") {
+          try { window.__reenactMessages.push(JSON.parse(event.data)); } catch (e) {}
+        }
+      });
+    }
+  };
+})();
+"""
+JS_PROMPT_DONE = """(promptId) => (window.__reenactMessages || []).some((m) => m.data && m.data.prompt_id === promptId &&
+  (m.type === "execution_success" || m.type === "execution_error" || (m.type === "executing" && m.data.node === null)))"""
+
+
+# Queue through the page as its Queue button does, and answer the server's reply to the page's own request
+# (which carries the prompt id), so the test follows that prompt and no other.
+JS_QUEUE = """async () => {
+  const native = window.fetch;
+  let reply = null;
+  window.fetch = async (...args) => {
+    const response = await native(...args);
+    const url = String(args[0] && args[0].url ? args[0].url : args[0]);
+    if (url.endsWith("/prompt") && (args[1] || {}).method === "POST") {
+      try { reply = await response.clone().json(); } catch (e) { reply = {error: String(e)}; }
+    }
+    return response;
+  };
+  try { await app.queuePrompt(0, 1); } finally { window.fetch = native; }
+  return reply;
+}"""
+
+
+def _rendered(page) -> None:
+    """Wait until the page has drawn two more frames: what it does after an event is on screen."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def _frontend_label(page) -> str | None:
@@ -317,8 +362,8 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
 
     # -- load the workflow the way the UI does; nothing may be missing --------------------------------
     page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
-    page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(500)  # the new frontend checks models and node packs after loading
+    page.wait_for_load_state("networkidle")  # the new frontend checks models and node packs after loading
+    _rendered(page)
     page.screenshot(path=str(folder / f"{stem}.page.png"))
     nodes = {str(n["id"]): n for n in page.evaluate(JS_GRAPH_STATE)}
     assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), "the page's graph has other nodes than the file"
@@ -346,12 +391,12 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     bounds = page.evaluate(JS_GRAPH_BOUNDS)
     size = [math.ceil((bounds[2] - bounds[0]) * SHOT_SCALE) + 2 * SHOT_MARGIN, math.ceil((bounds[3] - bounds[1]) * SHOT_SCALE) + 2 * SHOT_MARGIN]
     page.set_viewport_size({"width": max(size[0], VIEWPORT["width"]), "height": max(size[1], VIEWPORT["height"])})
-    page.wait_for_timeout(300)
+    _rendered(page)
     clip = page.evaluate(JS_FRAME_GRAPH, [bounds, SHOT_SCALE, SHOT_MARGIN])
     page.screenshot(path=str(folder / f"{stem}.png"), clip=clip)
     page.evaluate(JS_UNFRAME)
     page.set_viewport_size(VIEWPORT)
-    page.wait_for_timeout(300)
+    _rendered(page)
 
     # -- the pack's upload button: a real click opens a file chooser; the file lands in input/ --------
     uploaded = None
@@ -366,7 +411,7 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
             except sync_api.TimeoutError:
                 if attempt == 2:
                     raise
-                page.wait_for_timeout(1000)
+                _rendered(page)
         chooser.value.set_files(str(upload_file))
         page.wait_for_function(f"() => ({JS_WIDGET_VALUE})(['LoadMotionReference', 'video']) !== {json.dumps(before)}", timeout=30_000)
         uploaded = page.evaluate(JS_WIDGET_VALUE, ["LoadMotionReference", "video"])
@@ -388,36 +433,32 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
         assert "upload video" not in prompt[reference_id]["inputs"]
 
     # -- queue through the page, wait over HTTP -------------------------------------------------------
-    known = set(server.get("/history"))
-    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
-    prompt_id, entry = _wait_for_run(server, page, known)
+    queued = page.evaluate(JS_QUEUE)
+    prompt_id, entry = _wait_for_run(server, page, queued)
     error = execution_error(entry)
     assert error is None, f"the run failed: {json.dumps(error)[:3000]}"
     assert entry.get("status", {}).get("completed", True), entry.get("status")
-    page.wait_for_timeout(500)  # let the page handle the last execution messages
+    # The page has received the server's end-of-prompt message and drawn what it does with it.
+    page.wait_for_function(JS_PROMPT_DONE, arg=prompt_id, timeout=60_000)
+    _rendered(page)
     assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the page shows an error after the run"
 
     # -- outputs on disk --------------------------------------------------------------------------------
     _check_outputs(server, workflow, overrides, entry)
 
 
-def _wait_for_run(server, page, known: set) -> tuple[str, dict]:
-    deadline = time.monotonic() + RUN_TIMEOUT
-    started = time.monotonic()
-    while time.monotonic() < deadline:
+def _wait_for_run(server, page, queued: dict) -> tuple[str, dict]:
+    """The prompt the page queued (its id from the page's own queue request), followed by what the page
+    hears: the run's end message over the websocket; then its history entry over HTTP."""
+    prompt_id = queued.get("prompt_id") if isinstance(queued, dict) else None
+    if not prompt_id:
+        pytest.fail(f"the page queued nothing ({queued!r}); it shows: {page.evaluate(JS_VISIBLE_DIALOGS, True)}\n{server.log_tail(3000)}")
+    try:
+        page.wait_for_function(JS_PROMPT_DONE, arg=prompt_id, timeout=RUN_TIMEOUT * 1000)
+    except sync_api.TimeoutError:
         assert server.alive(), f"ComfyUI died:\n{server.log_tail()}"
-        new = [pid for pid in server.get("/history") if pid not in known]
-        if new:
-            assert len(new) == 1, f"more than one prompt ran: {new}"
-            return new[0], server.get(f"/history/{urllib.parse.quote(new[0])}")[new[0]]
-        queue = server.get("/queue")
-        idle = not queue.get("queue_running") and not queue.get("queue_pending")
-        if idle and time.monotonic() - started > 15 and not [pid for pid in server.get("/history") if pid not in known]:
-            # (history read again: the run may have ended between the two reads above)
-            dialogs = page.evaluate(JS_VISIBLE_DIALOGS, True)
-            pytest.fail(f"nothing was queued; the page shows: {dialogs}\n{server.log_tail(3000)}")
-        time.sleep(0.5)
-    pytest.fail(f"the run did not finish within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
+        pytest.fail(f"the run did not finish within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
+    return prompt_id, server.wait(prompt_id, timeout=60)
 
 
 def _check_outputs(server, workflow, overrides, entry) -> None:
