@@ -91,6 +91,10 @@ MUTATIONS = (
              "        motion = motion_embedding.resample_frames(frames)\n"
              "        motion = MotionEmbedding(motion.spatial.flip(0), motion.temporal, motion.metadata)\n",
              ("test_nodes.py",), "Apply Motion Embedding plays the frames backwards"),
+    Mutation("mix-node-order", "nodes/embeddings.py",
+             "        return (mix(embedding_a, embedding_b, weight),)\n",
+             "        return (mix(embedding_b, embedding_a, weight),)\n",
+             ("test_nodes.py", "test_node_inputs.py"), "the Mix node passes a and b to the mix the wrong way round"),
     Mutation("strength-ignored", "nodes/embeddings.py",
              "            applied = motion.with_strength(strength, neutral)\n",
              "            applied = motion\n",
