@@ -159,7 +159,7 @@ def test_clip_vision_sets_the_starting_tokens(comfy, svd, reference, baseline):
 @pytest.mark.parametrize(
     "field, value",
     [("sigma_log_mean", 2.0), ("sigma_log_std", 0.2), ("warmup_steps", 2), ("schedule", "constant"), ("weight_decay", 0.5),
-     ("grad_clip", 0.001), ("init_noise", 0.5), ("hflip", True), ("crop_scale", 0.7), ("color_jitter", 0.5),
+     ("grad_clip", 0.001), ("init_noise", 0.5), ("crop_scale", 0.7), ("color_jitter", 0.5),
      ("random_cond_frame", True), ("cond_noise", 0.5), ("hue_shift", 0.4)],
 )
 def test_each_inversion_option_changes_the_result(comfy, svd, reference, baseline, field, value):
@@ -172,19 +172,23 @@ def test_per_frame_tokens_off_learns_one_token_set_for_all_frames(comfy, svd, re
     assert invert(comfy, svd, reference).frames == FRAMES
 
 
-def test_augment_variants_is_the_number_of_augmented_copies_encoded(comfy, svd, reference, monkeypatch, modules):
-    copies = []
+def test_augmentation_options_reach_the_encoder_field_by_field(comfy, svd, reference, monkeypatch, modules, pack):
+    """Each augmentation field arrives as set (hflip's effect is random per copy, so it is checked here, and
+    its flipping in test_core), and augment_variants is the number of copies encoded."""
+    seen = []
     encode = modules["inversion"].encode_training_clips
 
-    def counting(frames, encoder, config):
+    def recording(frames, encoder, config):
         latents = encode(frames, encoder, config)
-        copies.append(latents.shape[0])
+        seen.append((config.augment, latents.shape[0]))
         return latents
 
-    monkeypatch.setattr(modules["inversion"], "encode_training_clips", counting)
-    invert(comfy, svd, reference, steps=1, options={"hflip": True, "augment_variants": 3})
+    monkeypatch.setattr(modules["inversion"], "encode_training_clips", recording)
+    chosen = dict(hflip=True, crop_scale=0.7, color_jitter=0.5, hue_shift=0.4, random_cond_frame=True, cond_noise=0.5)
+    invert(comfy, svd, reference, steps=1, options=dict(chosen, augment_variants=3))
     invert(comfy, svd, reference, steps=1, options={"hflip": True, "augment_variants": 1})
-    assert copies == [3, 1]
+    augment = pack_submodule(pack.module, "reenact_core.augment").Augmentations
+    assert seen == [(augment(**chosen, variants=3), 3), (augment(hflip=True, variants=1), 1)]
 
 
 def test_eval_draws_decides_whether_the_loss_before_and_after_is_measured(comfy, svd, reference, baseline):
