@@ -70,8 +70,10 @@ MUTATIONS = (
              "        if False:",
              ("test_fileformat.py", "test_fileformat_fuzz.py"), "NaN/inf embeddings load"),
     Mutation("save-straight-to-final-path", "reenact_core/fileformat.py",
-             '    tmp_name = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")\n',
-             "    tmp_name = path\n",
+             '        with open(tmp_name, "xb") as f:\n            f.write(data)\n            f.flush()\n'
+             "            os.fsync(f.fileno())\n        os.replace(tmp_name, path)\n",
+             '        tmp_name = path\n        with open(path, "wb") as f:\n            f.write(data)\n            f.flush()\n'
+             "            os.fsync(f.fileno())\n",
              ("test_fileformat.py",), "the save writes the final name directly and deletes it on error"),
     # ---- the nodes -----------------------------------------------------------------------------------
     Mutation("fps-bucket-swapped", "nodes/inversion.py",
