@@ -79,12 +79,27 @@ def comfyui_root() -> str:
     return root
 
 
-def paused_at(prompt: dict, inversion: str, after_step: int) -> dict:
+def paused_at(prompt: dict, inversion: str, after_step: int, ready_file: Path) -> dict:
     """The API prompt with the test pack's ReenactTestPauseInversion between the inversion and its
-    reference: that inversion waits after ``after_step`` (0: before its first step) until interrupted."""
+    reference: that inversion waits after ``after_step`` (0: before its first step) until interrupted, and
+    writes ``ready_file`` (holding the step) when it starts waiting (see :func:`wait_until_paused`)."""
     prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
     steps = prompt[inversion]["inputs"]["steps"]
+    ready_file.unlink(missing_ok=True)
     prompt["pause"] = {"class_type": "ReenactTestPauseInversion",
-                       "inputs": {"motion_reference": prompt[inversion]["inputs"]["motion_reference"], "after_step": after_step, "of_steps": steps}}
+                       "inputs": {"motion_reference": prompt[inversion]["inputs"]["motion_reference"], "after_step": after_step,
+                                  "of_steps": steps, "ready_file": str(ready_file)}}
     prompt[inversion]["inputs"]["motion_reference"] = ["pause", 0]
     return prompt
+
+
+def wait_until_paused(server, ready_file: Path, timeout: float = 300.0) -> int:
+    """Block until the paused inversion is waiting (its ready file exists); the step it waits at."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        assert server.alive(), f"ComfyUI died:\n{server.log_tail()}"
+        assert time.monotonic() < deadline, f"the inversion did not reach its pause within {timeout:.0f} s:\n{server.log_tail(3000)}"
+        time.sleep(0.05)
+    return int(ready_file.read_text() or 0)

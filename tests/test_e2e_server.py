@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_NODES, comfyui_root, make_checkpoints_folder, paused_at
+from conftest import TEST_NODES, comfyui_root, make_checkpoints_folder, paused_at, wait_until_paused
 from PIL import Image, ImageSequence
 
 from devkit.comfy_server import ComfyServer, PromptRejected, execution_error
@@ -503,17 +503,14 @@ def test_interrupt_ends_a_running_inversion_cleanly(server, object_info):
     prompt = with_inversion_options(scaled_prompt(object_info, INVERT), object_info, eval_draws=0)
     inversion = nodes_of(prompt, "MotionTextualInversion")[0]
     prompt[inversion]["inputs"]["steps"] = 500
-    prompt = paused_at(prompt, inversion, 2)  # it waits after step 2 until interrupted (test pack): no race with the loop
+    ready = server.base / "temp" / "interrupt_ready"
+    prompt = paused_at(prompt, inversion, 2, ready)  # it waits after step 2 until interrupted (test pack): no race with the loop
     prefix = prompt[nodes_of(prompt, "SaveMotionEmbedding")[0]]["inputs"]["filename_prefix"]
     embeddings = server.base / "output" / "motion_embeddings"
     with WebSocketListener(server) as ws:
         start = time.monotonic()
         prompt_id = server.queue(prompt)
-        ws.wait_for(
-            lambda m: m["type"] == "executing" and m["data"].get("node") == inversion and m["data"].get("prompt_id") == prompt_id, 300
-        )
-        progress = ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("node") == inversion and m["data"]["value"] >= 2, 300)
-        assert progress["data"]["max"] == 500
+        assert wait_until_paused(server, ready) == 2
         queue = server.get("/queue")
         assert any(item[1] == prompt_id for item in queue["queue_running"]), queue
         status, _ = server.post("/interrupt")
@@ -522,8 +519,9 @@ def test_interrupt_ends_a_running_inversion_cleanly(server, object_info):
         entry = server.wait(prompt_id, timeout=120)
         TIMINGS["interrupt: queue -> inversion step 2"] = interrupted_at - start
         TIMINGS["interrupt: POST /interrupt -> history entry"] = time.monotonic() - interrupted_at
-        steps_done = max(m["data"]["value"] for m in ws.messages if m["type"] == "progress" and m["data"].get("node") == inversion)
-    assert steps_done == 2
+        progress = [m["data"] for m in ws.messages if m["type"] == "progress" and m["data"].get("node") == inversion]
+    # Some ComfyUI versions throttle progress messages: at most step 2 was reported, and of 500.
+    assert progress and max(p["value"] for p in progress) <= 2 and {p["max"] for p in progress} == {500}
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert entry["status"]["status_str"] == "error" and "execution_interrupted" in kinds, entry["status"]
     assert execution_error(entry) is None  # interrupted, not crashed

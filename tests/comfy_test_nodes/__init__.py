@@ -8,8 +8,9 @@
   random-weight test model cannot produce by itself. Any other learning rate is left alone.
 * ``ReenactTestPauseInversion`` passes a motion reference through and makes the next progress bar of
   ``of_steps`` steps (the Motion Textual Inversion it feeds) wait after reporting step ``after_step`` (0:
-  before its first step) until the prompt is interrupted. A test's POST /interrupt then lands exactly
-  there, whatever the machine's speed: cancelling is driven by the server's state, not by timing.
+  before its first step) until the prompt is interrupted, writing ``ready_file`` when it starts waiting. A
+  test waits for that file, then its POST /interrupt lands exactly there, whatever the machine's speed (and
+  whatever progress messages a ComfyUI version throttles): cancelling is driven by the server's state.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ReenactTestPauseInversion:
                 "motion_reference": ("MOTION_REFERENCE", {"tooltip": "Passed through."}),
                 "after_step": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Wait after this step (0: before the first)."}),
                 "of_steps": ("INT", {"default": 1, "min": 1, "max": 100000, "tooltip": "The inversion's steps (which progress bar)."}),
+                "ready_file": ("STRING", {"default": "", "tooltip": "Written (with the step) when the inversion starts waiting."}),
             }
         }
 
@@ -63,18 +65,22 @@ class ReenactTestPauseInversion:
     def IS_CHANGED(cls, **kwargs):
         return float("nan")  # always runs: it arms the pause
 
-    def pause(self, motion_reference, after_step, of_steps):
-        _PAUSE.update(after=after_step, total=of_steps)
+    def pause(self, motion_reference, after_step, of_steps, ready_file):
+        _PAUSE.update(after=after_step, total=of_steps, ready=ready_file)
         return (motion_reference,)
 
 
-_PAUSE: dict = {"after": None, "total": None}
+_PAUSE: dict = {"after": None, "total": None, "ready": ""}
 _real_init = comfy.utils.ProgressBar.__init__
 _real_update = comfy.utils.ProgressBar.update_absolute
 
 
-def _wait_for_interrupt(timeout: float = 300.0) -> None:
-    _PAUSE.update(after=None, total=None)
+def _wait_for_interrupt(step: int, timeout: float = 300.0) -> None:
+    ready = _PAUSE["ready"]
+    _PAUSE.update(after=None, total=None, ready="")
+    if ready:
+        with open(ready, "w") as f:
+            f.write(str(step))
     deadline = time.monotonic() + timeout
     while not comfy.model_management.processing_interrupted() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -83,13 +89,13 @@ def _wait_for_interrupt(timeout: float = 300.0) -> None:
 def _init(self, total, *args, **kwargs):
     _real_init(self, total, *args, **kwargs)
     if _PAUSE["after"] == 0 and _PAUSE["total"] == total:
-        _wait_for_interrupt()
+        _wait_for_interrupt(0)
 
 
 def _update(self, value, total=None, *args, **kwargs):
     _real_update(self, value, total, *args, **kwargs)
     if _PAUSE["after"] and _PAUSE["total"] == (total or self.total) and value >= _PAUSE["after"]:
-        _wait_for_interrupt()
+        _wait_for_interrupt(value)
 
 
 comfy.utils.ProgressBar.__init__ = _init
