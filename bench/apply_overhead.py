@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
             phases["apply"] = C.timed(lambda: box.update(pn=env.run(
                 "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)),
                 env.device)
-            pos, neg = box["pn"]
+            pos, neg = box["pn"][:2]
         phases["guidance"] = C.timed(lambda: box.update(m=env.run("VideoLinearCFGGuidance", model=model, min_cfg=1.0)), env.device)
         phases["sample"] = C.timed(lambda: box.update(s=env.run(
             "KSampler", model=box["m"][0], seed=args.seed, steps=args.steps, cfg=args.cfg, sampler_name="euler", scheduler="karras",

@@ -367,7 +367,7 @@ def _reference(env, comfy, settings: dict):
         x = int((width - side) * i / (frames - 1))
         image[height // 3 : height // 3 + side, x : x + side] = (230, 180, 40)
         Image.fromarray(image).save(folder / f"frame_{i:03d}.png")
-    clip, _, _ = env.run("LoadMotionReference", video="gpu_check_square", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+    clip, _, _, _ = env.run("LoadMotionReference", video="gpu_check_square", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
                          custom_width=0, custom_height=0)
     return clip
 
@@ -389,7 +389,7 @@ def _sample(env, model, clip_vision, vae, settings: dict, embedding=None):
                                          width=settings["width"], height=settings["height"], video_frames=settings["frames"],
                                          motion_bucket_id=127, fps=6, augmentation_level=0.0)
     if embedding is not None:
-        positive, negative = env.run("ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding,
+        positive, negative, _ = env.run("ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding,
                                      latent=latent, strength=1.0)
     (guided,) = env.run("VideoLinearCFGGuidance", model=model, min_cfg=1.0)
     (samples,) = env.run("KSampler", model=guided, seed=0, steps=settings["sample_steps"], cfg=2.5, sampler_name="euler",

@@ -104,11 +104,11 @@ def write_embedding() -> None:
         pack = load_pack(comfy)
         shutil.copy(EXAMPLES / "inputs" / "reenact_example_reference.mp4", Path(tmp) / "input")
         model, clip_vision, vae = run_node(comfy, "ImageOnlyCheckpointLoader", ckpt_name=checkpoint.name)
-        reference, _, _ = run_node(
+        reference, _, _, _ = run_node(
             comfy, "LoadMotionReference", video="reenact_example_reference.mp4", frame_load_cap=0, skip_first_frames=0,
             select_every_nth=1, custom_width=0, custom_height=0,
         )
-        embedding, _ = run_node(
+        embedding, _, _ = run_node(
             comfy, "MotionTextualInversion", model=model, vae=vae, motion_reference=reference, steps=30, learning_rate=0.05,
             tokens_per_frame=5, video_frames=14, width=64, height=64, seed=0, fps=6, motion_bucket_id=127,
             augmentation_level=0.0, precision="fp32", gradient_checkpointing=True, clip_vision=clip_vision,

@@ -151,7 +151,7 @@ def checkpoint(g: Graph, pos, name=SVD):
 def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14, reference_file: str = REFERENCE, **settings) -> tuple[dict, dict]:
     reference = g.add("LoadMotionReference", (x, y), video=reference_file)
     widgets = dict(
-        steps=InversionConfig.steps, learning_rate=InversionConfig.learning_rate, tokens_per_frame=5, video_frames=video_frames, width=512, height=288, seed=0, fps=6,
+        steps=InversionConfig.steps, learning_rate=InversionConfig.learning_rate, tokens_per_frame=5, video_frames=video_frames, width=512, height=288, seed=0, fps=0,
         motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True,
     )
     invert = g.add("MotionTextualInversion", (x + 370, y), **dict(widgets, **settings))
@@ -199,7 +199,8 @@ SVD stays frozen; only the motion tokens are optimised on your reference clip.
 
 Knobs that matter:
 - steps / learning_rate: 1000 steps at 0.3 (decayed to zero) reach the loss of the published 5000-step recipe. Fewer steps: a rougher fit. If the loss curve jumps about, lower the learning rate to 0.1.
-- width x height: the optimisation resolution. The embedding does not depend on it, so 512x288 is much faster than 1024x576 and works for any output size.
+- width x height: the optimisation resolution. 512x288 is ~4x faster than 1024x576 and the embedding applies at any size, somewhat less faithfully: invert at the generation size when it fits.
+- fps 0 (auto) tells SVD the frame rate the learned frames really have; frame_sampling picks the whole clip spread over video_frames, or its first frames at the filmed rate. The report output says what was learned.
 - tokens_per_frame: more tokens capture finer motion (5 is the paper's default).
 
 The loss curve should fall and flatten. Saved files go to output/motion_embeddings/ and appear in Load Motion Embedding."""
@@ -210,7 +211,7 @@ The target image gives the look (SVD's image latent); the motion embedding repla
 
 Knobs that matter:
 - strength: 0 = plain SVD, 1 = the learned motion, above 1 exaggerates it.
-- motion_bucket_id / fps: keep what the motion was learned with (127 / 6 by default).
+- fps: the info output says at which frame rate the motion was learned and how fast it plays over this many frames; keep_speed sets SVD's fps for that speed. motion_bucket_id: keep what the motion was learned with (127).
 - video_frames: any count; the motion is resampled in time.
 
 The bundled example embedding was made on a random-weight test model: it only proves the graph runs. Pick one you learned with the invert workflow."""
@@ -275,7 +276,7 @@ def workflow_motion_world(g: Graph) -> None:
     loader = g.add("MotionWorldLoader", (0, 0), model_name="motion_world.safetensors")
     _, invert = inversion(
         g, loader, 0, 180, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
-        learning_rate=MOTION_WORLD_LR, width=64, height=64, gradient_checkpointing=False,
+        learning_rate=MOTION_WORLD_LR, width=64, height=64, gradient_checkpointing=False, fps=MOTION_WORLD_FPS,
     )
     options = g.add("MotionInversionOptions", (0, 480), **MOTION_WORLD_OPTIONS)
     g.connect(options, "options", invert, "options")
@@ -298,6 +299,7 @@ MOTION_WORLD_STEPS = 300
 MOTION_WORLD_LR = 0.01
 MOTION_WORLD_OPTIONS = {"schedule": "constant"}  # Motion Inversion Options widgets that differ from the node's defaults
 MOTION_WORLD_CFG = 1.0
+MOTION_WORLD_FPS = 6  # the small model was trained with fps conditioning 6 only (devkit/motion_world/train.py)
 
 
 WORKFLOWS_TO_BUILD = {

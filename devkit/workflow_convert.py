@@ -246,6 +246,9 @@ def ui_to_api(workflow: Mapping, object_info: Mapping) -> dict:
         for name, kind, options, required in specs:
             link_id = (slots.get(name) or {}).get("link")
             if _is_widget(kind, options):
+                if position >= len(values) and not required and "default" in options:
+                    inputs[name] = options["default"]  # saved before this optional input existed: the frontend does the same
+                    continue
                 if position >= len(values):
                     raise WorkflowError(
                         f"{_where(node, name)}: too few widget values ({len(values)}); the server's {node['type']} expects more "

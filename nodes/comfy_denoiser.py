@@ -28,12 +28,27 @@ class NotAnSVDModel(ValueError):
 
 def require_svd(model_patcher) -> None:
     base = getattr(model_patcher, "model", None)
+    kind = type(base).__name__ if base is not None else type(model_patcher).__name__
     if not isinstance(base, comfy.model_base.SVD_img2vid):
-        kind = type(base).__name__ if base is not None else type(model_patcher).__name__
         raise NotAnSVDModel(
             f"Motion inversion needs a Stable Video Diffusion model (svd.safetensors / svd_xt.safetensors "
             f"loaded with 'Image Only Checkpoint Loader (img2vid model)'), but this MODEL is {kind}."
         )
+    # SV3D is built on SVD's classes, but its conditioning is the camera orbit: it ignores fps and motion bucket,
+    # and its frames are views around an object, not time.
+    if kind.startswith("SV3D"):
+        raise NotAnSVDModel(
+            f"This MODEL is {kind} (Stable Video 3D: an orbit around an object, conditioned on camera angles, not a video over time), "
+            "which cannot learn or play a motion. Load svd.safetensors or svd_xt.safetensors with Image Only Checkpoint Loader."
+        )
+
+
+def model_family(model_patcher) -> str:
+    """What the embedding is for, from the model itself: SVD's UNet (SVD and SVD-XT share it), or the pack's
+    Motion World demo model (another context width)."""
+    config = getattr(model_patcher.model, "model_config", None)
+    dim = getattr(config, "unet_config", {}).get("context_dim", 1024) if config is not None else 1024
+    return "svd" if dim == 1024 else "motion_world"
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -167,7 +182,7 @@ def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width
     if not checkpointing:
         options.append(f"turn on gradient_checkpointing (~{activation_bytes(profile, frames, height, width, True) / GIB:.1f} GB)")
     half = activation_bytes(profile, frames, height // 2, width // 2, checkpointing)
-    options.append(f"halve width and height to {width // 2}x{height // 2} (~{half / GIB:.1f} GB; the embedding does not depend on resolution)")
+    options.append(f"halve width and height to {width // 2}x{height // 2} (~{half / GIB:.1f} GB; it still applies at any size, somewhat less faithfully)")
     if frames > 8:
         options.append(f"lower video_frames (~{activation_bytes(profile, frames // 2, height, width, checkpointing) / GIB:.1f} GB at {frames // 2})")
     raise NotEnoughMemory(

@@ -8,7 +8,7 @@ import os
 import folder_paths
 import torch
 
-from ..reenact_core.embedding import MotionEmbedding, mix
+from ..reenact_core.embedding import MotionEmbedding, mix, motion_timing, timing_text
 from ..reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding
 from . import paths
 
@@ -101,11 +101,17 @@ class ApplyMotionEmbedding:
     DESCRIPTION = (
         "Replaces SVD's image-embedding conditioning with a motion embedding: each frame gets its own tokens in the "
         "spatial cross-attention and the shared tokens drive the temporal cross-attention. The target image still "
-        "gives the appearance through SVD_img2vid_Conditioning."
+        "gives the appearance through SVD_img2vid_Conditioning. A motion learned over N frames is stretched or "
+        "squeezed in time to the latent's frame count: same path, other speed per frame (the info output says by how much)."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STRING")
+    RETURN_NAMES = ("positive", "negative", "info")
+    OUTPUT_TOOLTIPS = (
+        "The target's conditioning with the motion.",
+        "The matching negative.",
+        "At which frame rate the motion was learned, and what playing it over this latent's frames does to its speed.",
+    )
     FUNCTION = "apply"
 
     @classmethod
@@ -129,26 +135,41 @@ class ApplyMotionEmbedding:
                         "tooltip": "0 = plain SVD (the target's own image embedding), 1 = the learned motion, >1 exaggerates it.",
                     },
                 ),
-            }
+            },
+            "optional": {  # inputs added after the first release stay optional: saved workflows keep their meaning
+                "keep_speed": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Set SVD's fps conditioning so the motion keeps the speed it was learned at when it is played over "
+                        "a different number of frames (e.g. a 14-frame motion over SVD-XT's 25: the fps the learned frames had, "
+                        "times 24/13). Off: the fps of SVD_img2vid_Conditioning stays. Save the video at the fps the info output gives.",
+                    },
+                ),
+            },
         }
 
-    def apply(self, positive, negative, motion_embedding: MotionEmbedding, latent, strength: float):
+    def apply(self, positive, negative, motion_embedding: MotionEmbedding, latent, strength: float, keep_speed: bool = False):
         frames = int(latent["samples"].shape[0])
         motion = motion_embedding.resample_frames(frames)
+        timing = motion_timing(motion_embedding, frames)
+        fps_override = {"fps": timing["playback_fps_rounded"]} if keep_speed and timing["learned_fps"] else {}
         new_positive = []
         for context, extras in positive:
             _check_svd_conditioning(context, extras, motion.dim, "positive")
             image_token = context.reshape(-1, context.shape[-1]).float().mean(0).cpu()
             neutral = MotionEmbedding.neutral(image_token, frames, motion.tokens, motion.dim)
             applied = motion.with_strength(strength, neutral)
-            new_positive.append([applied.spatial, dict(extras, time_conditioning=applied.temporal[None])])
+            new_positive.append([applied.spatial, dict(extras, time_conditioning=applied.temporal[None], **fps_override)])
         new_negative = []
         for context, extras in negative:
             _check_svd_conditioning(context, extras, motion.dim, "negative")
             # SVD's unconditional context is all zeros; with the same token count cond and uncond batch together.
             zeros = torch.zeros(frames, motion.tokens, motion.dim)
-            new_negative.append([zeros, dict(extras, time_conditioning=zeros[:1].clone())])
-        return (new_positive, new_negative)
+            new_negative.append([zeros, dict(extras, time_conditioning=zeros[:1].clone(), **fps_override)])
+        conditioned_fps = positive[0][1].get("fps") if positive else None
+        info = timing_text(timing, keep_speed, conditioned_fps)
+        return {"ui": {"text": [info]}, "result": (new_positive, new_negative, info)}
 
 
 def _check_svd_conditioning(context: torch.Tensor, extras: dict, dim: int, which: str) -> None:

@@ -8,11 +8,21 @@ import comfy.utils
 import torch
 
 from ..reenact_core.augment import Augmentations
-from ..reenact_core.inversion import InversionConfig, NoTokenGradient, encode_training_clips, initial_tokens, invert, labelled_embedding
+from ..reenact_core.inversion import (
+    CONDITIONING_AUGMENTATIONS,
+    LEARNING_RATE_UNITS,
+    InversionConfig,
+    NoTokenGradient,
+    convergence_verdict,
+    encode_training_clips,
+    initial_tokens,
+    invert,
+    labelled_embedding,
+)
 from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
-from ..reenact_core.video import ReferenceClip, fit_frames, resample_frames
+from ..reenact_core.video import SAMPLINGS, ReferenceClip, fit_frames, frames_for_inversion
 from . import private_model
-from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, require_svd, trainable_svd
+from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, model_family, require_svd, trainable_svd
 
 CATEGORY = "Reenact Anything"
 PREVIEWS_PER_RUN = 40
@@ -49,15 +59,20 @@ class MotionInversionOptions:
             },
             "optional": {  # inputs added after the first release stay optional, so older API-format workflows still validate
                 "hue_shift": ("FLOAT", {"default": a.hue_shift, "min": 0.0, "max": 0.5, "step": 0.05, "tooltip": "Random hue rotation of the whole clip, as a fraction of the colour circle (0.5 = any hue; 0 = off). Fights colour leakage."}),
+                "learning_rate_unit": (list(LEARNING_RATE_UNITS), {"default": InversionConfig.learning_rate_unit, "tooltip": "absolute (as before): learning_rate moves each token element by about that much per step, whatever the tokens' scale. token spread: in units of the initial tokens' spread (std), so a rate means the same on SVD's CLIP-sized tokens as on another model's; the report shows the spread and how far the tokens moved. On Motion World, token spread 0.1-0.3 with schedule constant transferred best (docs/recipe.md)."}),
+                "conditioning_augmentation": (list(CONDITIONING_AUGMENTATIONS), {"default": CONDITIONING_AUGMENTATIONS[0], "tooltip": "How Motion Textual Inversion's augmentation_level is used. 'micro-conditioning only' (as before): SVD is told the level, the conditioning image stays clean. 'noisy pixels, as SVD': the conditioning frame also gets Gaussian pixel noise of that level before the VAE, as SVD was trained and as SVD_img2vid_Conditioning does when you apply the motion (use the same level there)."}),
             },
         }
 
-    def options(self, augment_variants, hflip, crop_scale, color_jitter, random_cond_frame, cond_noise, hue_shift=Augmentations.hue_shift, **config):
+    def options(self, augment_variants, hflip, crop_scale, color_jitter, random_cond_frame, cond_noise, hue_shift=Augmentations.hue_shift,
+                conditioning_augmentation=CONDITIONING_AUGMENTATIONS[0], **config):
         augment = Augmentations(
             hflip=hflip, crop_scale=crop_scale, color_jitter=color_jitter, hue_shift=hue_shift, random_cond_frame=random_cond_frame,
             cond_noise=cond_noise, variants=augment_variants,
         )
-        return (dict(config, augment=augment),)
+        if conditioning_augmentation not in CONDITIONING_AUGMENTATIONS:
+            raise ValueError(f"conditioning_augmentation must be one of {CONDITIONING_AUGMENTATIONS}, got {conditioning_augmentation!r}")
+        return (dict(config, augment=augment, conditioning_augmentation=conditioning_augmentation),)
 
 
 class MotionTextualInversion:
@@ -67,8 +82,13 @@ class MotionTextualInversion:
         "to any image with Apply Motion Embedding."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MOTION_EMBEDDING", "IMAGE")
-    RETURN_NAMES = ("motion_embedding", "loss_curve")
+    RETURN_TYPES = ("MOTION_EMBEDDING", "IMAGE", "STRING")
+    RETURN_NAMES = ("motion_embedding", "loss_curve", "report")
+    OUTPUT_TOOLTIPS = (
+        "The learned motion: save it, or apply it with Apply Motion Embedding.",
+        "The loss per step (and on fixed evaluation draws before and after).",
+        "What was learned from what: frames, frame rate and orientation of the reference, the fps conditioning used, the loss.",
+    )
     FUNCTION = "invert"
 
     @classmethod
@@ -82,11 +102,11 @@ class MotionTextualInversion:
                 "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimisation steps; the default cosine schedule decays the learning rate to zero over them. More steps fit the reference more closely (see the README's convergence table)."}),
                 "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-5, "max": 1.0, "step": 1e-4, "round": 1e-5, "tooltip": "AdamW learning rate for the tokens after warm-up (peak of the schedule). Lower it if the loss curve jumps about."}),
                 "tokens_per_frame": ("INT", {"default": d.tokens_per_frame, "min": 1, "max": 64, "tooltip": "N tokens per frame (and in the shared temporal set). More tokens capture more detailed motion."}),
-                "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT. The reference is resampled evenly over its length to this many frames."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation width. The embedding does not depend on resolution, so this can be lower than the generation size (faster, less VRAM)."}),
+                "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT. By default they are spread evenly over the whole reference (see frame_sampling)."}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation width. The embedding's shape does not depend on it, but its fidelity does: lower than the generation size is faster and needs less VRAM, at a cost (on Motion World, inverting at half size transferred 4.1 px off against 0.94 px at full size). Use the generation size (1024x576 for SVD) when it fits."}),
                 "height": ("INT", {"default": 288, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation height (the reference is resized and centre-cropped to width x height)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed for noise, noise levels and augmentations. Same inputs and seed give the same embedding."}),
-                "fps": ("INT", {"default": 6, "min": 1, "max": 1024, "tooltip": "SVD's fps conditioning during inversion (use the same when applying)."}),
+                "fps": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "SVD's fps conditioning during inversion. 0 = auto: the frame rate the learned frames really have (the reference's rate, lower when frame_sampling spreads a long clip over video_frames), so SVD is told the truth about the motion's speed. The report output says which value was used."}),
                 "motion_bucket_id": ("INT", {"default": 127, "min": 1, "max": 1023, "tooltip": "SVD's motion bucket conditioning during inversion."}),
                 "augmentation_level": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "SVD's augmentation-level conditioning during inversion."}),
                 "precision": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Compute precision of the frozen model: auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."}),
@@ -95,6 +115,7 @@ class MotionTextualInversion:
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: start from the reference frames' CLIP image embeddings (the checkpoint's CLIP vision). Without it the tokens start from SVD's empty context."}),
                 "options": ("MOTION_INVERSION_OPTIONS", {"tooltip": "Optional advanced settings (Motion Inversion Options)."}),
+                "frame_sampling": (list(SAMPLINGS), {"default": SAMPLINGS[0], "tooltip": "Which reference frames are learned: spread evenly over the whole clip (the whole motion, at a lower frame rate when the clip is long), or the first video_frames frames at the clip's own rate (a short motion at its real speed; trim the start with skip_first_frames)."}),
             },
         }
 
@@ -117,15 +138,21 @@ class MotionTextualInversion:
         gradient_checkpointing,
         clip_vision=None,
         options=None,
+        frame_sampling=SAMPLINGS[0],
     ):
         require_svd(model)
-        config = InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, **(options or {}))
-        frames = fit_frames(resample_frames(motion_reference.frames, video_frames), width, height)
+        options = dict(options or {})
+        pixel_noise = augmentation_level if options.pop("conditioning_augmentation", None) == CONDITIONING_AUGMENTATIONS[1] else 0.0
+        config = InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed,
+                                 conditioning_pixel_noise=pixel_noise, **options)
+        frames, motion_fps = frames_for_inversion(motion_reference, video_frames, frame_sampling)
+        frames = fit_frames(frames, width, height)
+        fps = fps or max(1, round(motion_fps))  # 0 = auto: SVD is told the rate the learned frames have
 
         # The VAE samples its latent distribution: seed that noise too, so the embedding is reproducible.
         with _seeded(seed, model.load_device):
             training_latents = encode_training_clips(frames, lambda clip: model.model.process_latent_in(vae.encode(clip)), config)
-        _check_latents(training_latents, model, width, height)
+        _check_latents(training_latents, model, width, height)  # (with pixel noise, the last latent is the conditioning frame's)
         frame_embeds = clip_vision.encode_image(frames).image_embeds if clip_vision is not None else None
         context_dim = model.model.model_config.unet_config.get("context_dim", 1024)  # SVD: 1024; small test models differ
         init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds, dim=context_dim)
@@ -134,13 +161,15 @@ class MotionTextualInversion:
         progress = comfy.utils.ProgressBar(steps)
         preview_every = max(1, steps // PREVIEWS_PER_RUN)
         history: list[float] = []
+        drift: list[float] = []
 
         def on_step(info):
             private_model.raise_if_interrupted()
             history.append(info.loss)
+            drift.append(info.drift)
             preview = None
             if info.step % preview_every == 0 or info.step == info.steps:
-                preview = ("JPEG", render_loss_curve(history, info.steps), 640)
+                preview = ("JPEG", render_loss_curve(history, info.steps, drift=drift), 640)
             progress.update_absolute(info.step, info.steps, preview)
 
         device = model.load_device
@@ -174,9 +203,33 @@ class MotionTextualInversion:
         embedding = labelled_embedding(
             result, config, motion_reference.source, motion_reference.sha256,
             fps=fps, motion_bucket_id=motion_bucket_id, augmentation_level=augmentation_level, width=width, height=height,
+            base_model=model_family(model), motion_fps=round(motion_fps, 3), reference_fps=round(motion_reference.fps, 3), frame_sampling=frame_sampling,
+            orientation=motion_reference.orientation or "as stored",
         )
-        curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss)
-        return (embedding, pil_to_image_batch(curve))
+        verdict = convergence_verdict(result)
+        curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss,
+                                  drift=result.drift_history, evals=result.eval_history, verdict=verdict)
+        report = _report(motion_reference, video_frames, frame_sampling, motion_fps, fps, result, verdict)
+        return {"ui": {"text": [report]}, "result": (embedding, pil_to_image_batch(curve), report)}
+
+
+def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: float, fps: int, result, verdict: str) -> str:
+    """The node's text: what was learned from what, in the user's terms."""
+    lines = [
+        f"Reference: {reference.describe()}.",
+        f"Learned: {frames} frames ({sampling}) at {motion_fps:.3g} fps, {(frames - 1) / motion_fps:.2f} s of motion; "
+        f"SVD's fps conditioning: {fps}" + (" (auto)." if fps == max(1, round(motion_fps)) else f" (set by hand; the frames have {motion_fps:.3g})."),
+    ]
+    if sampling == SAMPLINGS[0] and reference.frames.shape[0] > frames:
+        stride = (reference.frames.shape[0] - 1) / (frames - 1)
+        lines.append(f"The {reference.frames.shape[0]}-frame reference was spread over {frames} frames: each learned frame steps over "
+                     f"{stride:.3g} filmed ones. For a short motion at the filmed rate, use frame_sampling '{SAMPLINGS[1]}'.")
+    if result.eval_history:
+        lines.append("Held-out loss: " + ", ".join(f"{loss:.4g} (step {step})" for step, loss in result.eval_history) + ".")
+    if result.drift_history:
+        lines.append(f"The tokens moved {result.drift_history[-1]:.3g}x their initial spread ({result.token_scale:.3g}) from where they started.")
+    lines.append(f"Verdict: {verdict}.")
+    return "\n".join(lines)
 
 
 class VAEMismatch(ValueError):

@@ -44,8 +44,14 @@ class LoadMotionReference:
         "(use the upload button) or any IMAGE batch (e.g. from Load Video / VideoHelperSuite)."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MOTION_REFERENCE", "IMAGE", "INT")
-    RETURN_NAMES = ("motion_reference", "frames", "frame_count")
+    RETURN_TYPES = ("MOTION_REFERENCE", "IMAGE", "INT", "STRING")
+    RETURN_NAMES = ("motion_reference", "frames", "frame_count", "info")
+    OUTPUT_TOOLTIPS = (
+        "The clip, for Motion Textual Inversion.",
+        "The loaded frames, shown upright (phone clips' rotation applied).",
+        "How many frames were loaded.",
+        "Frames, size, frame rate (of the loaded frames, after select_every_nth) and any rotation applied.",
+    )
     FUNCTION = "load"
 
     @classmethod
@@ -89,7 +95,7 @@ class LoadMotionReference:
             custom_height=custom_height,
         )
         if images is not None:
-            clip = select_and_resize(clip_from_images(images), **selection)
+            clip = select_and_resize(clip_from_images(images), **selection)  # no timing: DEFAULT_FPS is assumed, and said
         else:
             path = _resolve(video)
             if path is None:
@@ -101,7 +107,8 @@ class LoadMotionReference:
                     f"{video}: not found in ComfyUI's input folder (moved or deleted since it was listed); upload it again or choose another file."
                 )
             clip = load_reference_video(path, memory_budget_bytes=MEMORY_BUDGET_BYTES, **selection)
-        return (clip, clip.frames, clip.frames.shape[0])
+        info = clip.describe()
+        return {"ui": {"text": [info]}, "result": (clip, clip.frames, clip.frames.shape[0], info)}
 
 
 def _resolve(video: str) -> str | None:

@@ -42,9 +42,10 @@ from .diffusers_backend import (
     load_pipeline,
     to_pil,
 )
-from .embedding import MotionEmbedding
+from .embedding import MotionEmbedding, motion_timing
 from .fileformat import EmbeddingFileError, load_embedding, save_embedding
 from .inversion import (
+    CONDITIONING_AUGMENTATIONS,
     InversionConfig,
     InversionDiverged,
     InversionResult,
@@ -58,11 +59,13 @@ from .inversion import (
 from .plot import render_loss_curve
 from .video import (
     IMAGE_EXTENSIONS,
+    SAMPLINGS,
     ReferenceClip,
     ReferenceVideoError,
     clip_from_images,
     encode_video,
     fit_frames,
+    frames_for_inversion,
     load_reference_video,
     mp4_codec,
     pyav,
@@ -92,7 +95,8 @@ AUGMENTATION_LEVEL = 0.0
 
 # Motion Inversion Options' settings: InversionConfig fields plus the augmentations (augment_variants = Augmentations.variants).
 AUGMENTATION_OPTIONS = ("hflip", "crop_scale", "color_jitter", "hue_shift", "random_cond_frame", "cond_noise", "augment_variants")
-CONFIG_OPTIONS = ("sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip", "per_frame_tokens", "init_noise", "eval_draws")
+CONFIG_OPTIONS = ("sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip", "per_frame_tokens", "init_noise", "eval_draws",
+                  "learning_rate_unit", "conditioning_augmentation")
 OPTION_NAMES = CONFIG_OPTIONS + AUGMENTATION_OPTIONS
 # Load Motion Reference's settings.
 SELECTION_OPTIONS = ("frame_load_cap", "skip_first_frames", "select_every_nth", "custom_width", "custom_height")
@@ -108,6 +112,7 @@ def inversion_config(
     learning_rate: float = InversionConfig.learning_rate,
     tokens_per_frame: int = InversionConfig.tokens_per_frame,
     seed: int = 0,
+    augmentation_level: float = AUGMENTATION_LEVEL,
     **options,
 ) -> InversionConfig:
     """InversionConfig from the node inputs and Motion Inversion Options' settings (same names, same defaults)."""
@@ -124,7 +129,12 @@ def inversion_config(
         cond_noise=options.pop("cond_noise", aug_defaults.cond_noise),
         variants=options.pop("augment_variants", aug_defaults.variants),
     )
-    return InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, augment=augment, **options)
+    conditioning = options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0])
+    if conditioning not in CONDITIONING_AUGMENTATIONS:
+        raise ValueError(f"conditioning_augmentation must be one of {CONDITIONING_AUGMENTATIONS}, got {conditioning!r}")
+    pixel_noise = augmentation_level if conditioning == CONDITIONING_AUGMENTATIONS[1] else 0.0
+    return InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, augment=augment,
+                           conditioning_pixel_noise=pixel_noise, **options)
 
 
 def load_reference(
@@ -179,11 +189,12 @@ def invert_motion(
     width: int = WIDTH,
     height: int = HEIGHT,
     seed: int = 0,
-    fps: int = FPS,
+    fps: int = 0,
     motion_bucket_id: int = MOTION_BUCKET_ID,
     augmentation_level: float = AUGMENTATION_LEVEL,
     gradient_checkpointing: bool = True,
     clip_init: bool = True,
+    frame_sampling: str = SAMPLINGS[0],
     options: dict | None = None,
     frame_load_cap: int = 0,
     skip_first_frames: int = 0,
@@ -206,7 +217,8 @@ def invert_motion(
     ``output`` the embedding is saved (atomically) in the nodes' file format; ``loss_curve`` writes the
     loss plot as PNG. ``callback`` is called after every step; raise from it to cancel.
     """
-    config = inversion_config(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, **(options or {}))
+    config = inversion_config(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed,
+                              augmentation_level=augmentation_level, **(options or {}))
     for name, value in (("width", width), ("height", height)):
         if value < 8 or value % 8:
             raise ValueError(f"{name} must be a multiple of 8 (the VAE's downsampling), got {value}")
@@ -218,7 +230,9 @@ def invert_motion(
         custom_width=custom_width,
         custom_height=custom_height,
     )
-    frames = fit_frames(resample_frames(clip.frames, video_frames), width, height)
+    frames, motion_fps = frames_for_inversion(clip, video_frames, frame_sampling)
+    frames = fit_frames(frames, width, height)
+    fps = fps or max(1, round(motion_fps))  # 0 = auto: the frame rate the learned frames have, as the node does
     pipe = _pipeline(model, device, dtype, variant)
     unet = pipe.unet
     dim = int(unet.config.cross_attention_dim)
@@ -256,7 +270,9 @@ def invert_motion(
 
     result.embedding = labelled_embedding(
         result, config, clip.source, clip.sha256, fps=fps, motion_bucket_id=motion_bucket_id,
-        augmentation_level=augmentation_level, width=width, height=height, backend="diffusers",
+        augmentation_level=augmentation_level, width=width, height=height, backend="diffusers", base_model="svd",
+        motion_fps=round(motion_fps, 3), reference_fps=round(clip.fps, 3), frame_sampling=frame_sampling,
+        orientation=clip.orientation or "as stored",
     )
     if output is not None:
         save_embedding(result.embedding, output)
@@ -313,6 +329,7 @@ def apply_motion(
     dtype: str | torch.dtype | None = "auto",
     variant: str | None = None,
     progress: bool = True,
+    keep_speed: bool = False,
 ) -> torch.Tensor:
     """Animate ``image`` with a motion (a file or MotionEmbedding; None = stock SVD). Returns [F, H, W, 3] in [0, 1].
 
@@ -321,7 +338,9 @@ def apply_motion(
     exaggerates. The negative is the zero context; guidance rises linearly over the frames from
     ``min_guidance`` to ``max_guidance`` (the pipeline's and VideoLinearCFGGuidance's CFG).
     ``augmentation_level`` is the pipeline's noise_aug_strength. With ``output`` the video is written
-    (.mp4/.mov/.mkv/.webm with PyAV, .webp/.gif with Pillow) at ``fps``.
+    (.mp4/.mov/.mkv/.webm with PyAV, .webp/.gif with Pillow) at ``fps``. ``keep_speed`` (as Apply Motion
+    Embedding's): the fps conditioning and the video's rate become the rate that keeps the motion's learned speed
+    over ``frames`` (:func:`reenact_core.embedding.motion_timing`).
     """
     for name, value in (("width", width), ("height", height)):
         if value < 8 or value % 8:
@@ -332,6 +351,9 @@ def apply_motion(
         embedding = load_embedding(embedding)
     target = load_target(image, width, height)
     pipe = _pipeline(model, device, dtype, variant)
+    if keep_speed and embedding is not None:
+        timing = motion_timing(embedding, frames or int(pipe.unet.config.num_frames))
+        fps = timing["playback_fps_rounded"] or fps
     settings = GenerationSettings(
         frames=frames,
         width=width,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import __version__
 from .augment import Augmentations
-from .inversion import InversionConfig
+from .inversion import CONDITIONING_AUGMENTATIONS, LEARNING_RATE_UNITS, InversionConfig
+from .video import SAMPLINGS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -53,7 +54,9 @@ def _add_inversion(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, default=512, help="optimisation width, multiple of 8 (default: %(default)s)")
     group.add_argument("--height", type=int, default=288, help="optimisation height, multiple of 8 (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="seed for noise, noise levels and augmentations (default: %(default)s)")
-    group.add_argument("--fps", type=int, default=6, help="SVD's fps conditioning (use the same when applying; default: %(default)s)")
+    group.add_argument("--fps", type=int, default=0, help="SVD's fps conditioning; 0 = auto, the frame rate the learned frames have (default: %(default)s)")
+    group.add_argument("--frame-sampling", choices=SAMPLINGS, default=SAMPLINGS[0],
+                       help="spread the --video-frames over the whole reference, or take the first ones at the clip's rate (default: %(default)s)")
     group.add_argument("--motion-bucket-id", type=int, default=127, help="SVD's motion bucket conditioning (default: %(default)s)")
     group.add_argument("--augmentation-level", type=float, default=0.0, help="SVD's augmentation-level conditioning (default: %(default)s)")
     group.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations in the backward pass: much less memory, ~30%% more time (default: on)")
@@ -71,6 +74,10 @@ def _add_inversion(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=a.hflip, help="also train on the mirrored clip (default: off)")
     group.add_argument("--crop-scale", type=float, default=a.crop_scale, help="random crops keeping at least this fraction; 1 = off (default: %(default)s)")
     group.add_argument("--color-jitter", type=float, default=a.color_jitter, help="random brightness/contrast/saturation change; 0 = off (default: %(default)s)")
+    group.add_argument("--conditioning-augmentation", choices=CONDITIONING_AUGMENTATIONS, default=CONDITIONING_AUGMENTATIONS[0],
+                       help="use --augmentation-level only in SVD's micro-conditioning, or also as noise on the conditioning frame's pixels, as SVD was trained (default: %(default)s)")
+    group.add_argument("--learning-rate-unit", choices=LEARNING_RATE_UNITS, default=d.learning_rate_unit,
+                       help="absolute: the rate moves each token element by about that much; token spread: in units of the initial tokens' std (default: %(default)s)")
     group.add_argument("--hue-shift", type=float, default=a.hue_shift, help="random hue rotation, fraction of the colour circle (0.5 = any hue); 0 = off (default: %(default)s)")
     group.add_argument("--random-cond-frame", action=argparse.BooleanOptionalAction, default=a.random_cond_frame, help="conditioning image from a random frame (default: off)")
     group.add_argument("--cond-noise", type=float, default=a.cond_noise, help="noise on the conditioning latent, relative to its std (default: %(default)s)")
@@ -130,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-guidance", type=float, default=2.5, help="CFG scale of the last frame; linear in between (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--decode-chunk-size", type=_positive_int, default=None, help="frames the VAE decodes at once (default: all; lower it to save memory)")
+    p.add_argument("--keep-speed", action="store_true", help="set the fps conditioning and the video's rate so the motion keeps the speed it was learned at over --frames")
     _add_runtime(p)
 
     p = commands.add_parser("info", help="show a motion embedding's shape and metadata")
@@ -154,6 +162,7 @@ def _inversion_kwargs(args: argparse.Namespace) -> dict:
         augmentation_level=args.augmentation_level,
         gradient_checkpointing=args.gradient_checkpointing,
         clip_init=args.clip_init,
+        frame_sampling=args.frame_sampling,
         options=options,
         frame_load_cap=args.frame_load_cap,
         skip_first_frames=args.skip_first_frames,
@@ -234,6 +243,7 @@ def _cmd_apply(args) -> int:
         max_guidance=args.max_guidance,
         seed=args.seed,
         decode_chunk_size=args.decode_chunk_size,
+        keep_speed=args.keep_speed,
         **_runtime_kwargs(args),
     )
     _say(f"wrote {output} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]})")

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from PIL import Image
 
 from .embedding import MotionEmbedding
@@ -301,24 +302,47 @@ class DiffusersSVDDenoiser:
 
 @contextlib.contextmanager
 def frozen_unet(unet, gradient_checkpointing: bool) -> Iterator[None]:
-    """Weights frozen, eval mode, optional gradient checkpointing; the UNet's previous state comes back after."""
+    """Weights frozen, optional gradient checkpointing; the UNet's previous state comes back after.
+
+    With checkpointing the UNet runs in training mode: diffusers before 0.31 only checkpoint when
+    ``self.training`` (SVD's UNet has no dropout, so training mode computes the same). diffusers checkpoints
+    the spatial transformer blocks but runs the temporal ones plainly; those are wrapped here too."""
     grads = {name: p.requires_grad for name, p in unet.named_parameters()}
     was_training = unet.training
     was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
     unet.requires_grad_(False)
-    unet.eval()
+    unet.train(gradient_checkpointing)
     if gradient_checkpointing and not was_checkpointing:
         unet.enable_gradient_checkpointing()
     elif not gradient_checkpointing and was_checkpointing:
         unet.disable_gradient_checkpointing()
+    wrapped = _checkpoint_temporal_blocks(unet) if gradient_checkpointing else []
     try:
         yield
     finally:
+        for module in wrapped:
+            del module.forward  # back to the class's forward
         if gradient_checkpointing != was_checkpointing:
             (unet.enable_gradient_checkpointing if was_checkpointing else unet.disable_gradient_checkpointing)()
         unet.train(was_training)
         for name, p in unet.named_parameters():
             p.requires_grad_(grads.get(name, False))
+
+
+def _checkpoint_temporal_blocks(unet) -> list:
+    """Recompute the temporal transformer blocks in the backward pass (their activations are as large as the
+    spatial blocks'); returns the wrapped modules."""
+    wrapped = []
+    for module in unet.modules():
+        if type(module).__name__ == "TemporalBasicTransformerBlock" and "forward" not in vars(module):
+            forward = module.forward
+
+            def checkpointed(*args, _forward=forward, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            module.forward = checkpointed
+            wrapped.append(module)
+    return wrapped
 
 
 # --------------------------------------------------------------------------------------------------

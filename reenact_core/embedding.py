@@ -145,3 +145,40 @@ def mix(a: MotionEmbedding, b: MotionEmbedding, weight_b: float) -> MotionEmbedd
     meta = dict(a.metadata)
     meta["title"] = f"mix({a.metadata.get('title', 'a')}, {b.metadata.get('title', 'b')}, {w:g})"
     return MotionEmbedding(spatial=spatial, temporal=temporal, metadata=meta)
+
+
+def motion_timing(embedding: MotionEmbedding, frames: int) -> dict:
+    """How a motion learned over ``embedding.frames`` frames plays over ``frames``: the frame rate its frames had
+    (``motion_fps`` in newer files; older ones only recorded the fps conditioning), and the rate that
+    keeps its speed when the same path is spread over ``frames`` frames."""
+    meta = embedding.metadata
+    learned = _positive_float(meta.get("motion_fps")) or _positive_float(meta.get("fps"))
+    stretch = (frames - 1) / (embedding.frames - 1) if embedding.frames > 1 else 1.0
+    playback = learned * stretch if learned else None
+    return {"learned_frames": embedding.frames, "frames": frames, "learned_fps": learned, "stretch": stretch,
+            "playback_fps": playback, "playback_fps_rounded": max(1, round(playback)) if playback else None,
+            "measured": "motion_fps" in meta}
+
+
+def timing_text(timing: dict, keep_speed: bool, conditioned_fps) -> str:
+    learned, frames, n = timing["learned_fps"], timing["frames"], timing["learned_frames"]
+    if not learned:
+        return f"The motion has {n} frames, applied over {frames}; its file does not say at which frame rate it was learned."
+    what = "measured from the reference" if timing["measured"] else "the fps conditioning it was learned with"
+    text = f"Learned over {n} frames at {learned:.3g} fps ({what}), {(n - 1) / learned:.2f} s of motion; played over {frames} frames"
+    if frames == n:
+        text += f": unchanged. Play the video at {learned:.3g} fps for the filmed speed."
+    else:
+        text += (f": {timing['stretch']:.3g}x as many frames for the same path, so it keeps its speed at {timing['playback_fps']:.3g} fps. "
+                 + (f"fps conditioning set to {timing['playback_fps_rounded']} (keep_speed)." if keep_speed else
+                    f"fps conditioning left at {conditioned_fps} (keep_speed off).")
+                 + f" Save the video at {timing['playback_fps']:.3g} fps for the learned speed.")
+    return text
+
+
+def _positive_float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and number == number and number != float("inf") else None

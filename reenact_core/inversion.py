@@ -26,6 +26,10 @@ from .embedding import CONTEXT_DIM, DEFAULT_TOKENS, MotionEmbedding, resample_ro
 from .fileformat import build_metadata
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0  # SVD's EDM range
+LEARNING_RATE_UNITS = ("absolute", "token spread")
+# How the inversion uses the augmentation level: only in SVD's micro-conditioning (as before), or also as Gaussian
+# noise on the conditioning frame's pixels, as SVD was trained (InversionConfig.conditioning_pixel_noise).
+CONDITIONING_AUGMENTATIONS = ("micro-conditioning only", "noisy pixels, as SVD")
 
 
 class InversionDiverged(RuntimeError):
@@ -55,6 +59,14 @@ class InversionConfig:
     seed: int = 0
     eval_draws: int = 8  # fixed (sigma, noise) draws for the before/after loss; 0 = skip
     augment: Augmentations = Augmentations()
+    # SVD's conditioning augmentation: Gaussian noise of this std on the conditioning frame's pixels (in [0, 1],
+    # as SVD_img2vid_Conditioning adds it) before the VAE; the same level goes into the micro-conditioning.
+    conditioning_pixel_noise: float = 0.0
+    # "absolute": learning_rate moves each token element by about that much per step (Adam), whatever the
+    # tokens' scale. "token spread": the tokens are optimised in units of the initial tokens' std, so the same
+    # rate means the same relative step on models whose context has another scale (SVD's CLIP embeddings,
+    # Motion World's motion tokens).
+    learning_rate_unit: str = "absolute"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -67,6 +79,10 @@ class InversionConfig:
             raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
         if self.sigma_log_std < 0:
             raise ValueError(f"sigma_log_std must be >= 0, got {self.sigma_log_std}")
+        if self.learning_rate_unit not in LEARNING_RATE_UNITS:
+            raise ValueError(f"learning_rate_unit must be one of {LEARNING_RATE_UNITS}, got {self.learning_rate_unit!r}")
+        if not self.conditioning_pixel_noise >= 0:
+            raise ValueError(f"conditioning_pixel_noise must be >= 0, got {self.conditioning_pixel_noise}")
 
     @property
     def effective_warmup(self) -> int:
@@ -82,6 +98,7 @@ class StepInfo:
     denoised: torch.Tensor  # this step's x0 estimate [F, C, h, w], detached (for previews)
     spatial: torch.Tensor | None = None  # the tokens after this step, detached views (copy to keep them)
     temporal: torch.Tensor | None = None
+    drift: float | None = None  # token_drift after this step
 
 
 @dataclasses.dataclass
@@ -91,6 +108,39 @@ class InversionResult:
     initial_eval_loss: float | None  # loss of the initial embedding on the fixed evaluation draws
     final_eval_loss: float | None  # the same for the learned embedding
     seconds: float
+    eval_history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, held-out loss), 0 .. steps
+    drift_history: list[float] = dataclasses.field(default_factory=list)  # per step: how far the tokens moved (see token_drift)
+    token_scale: float = 0.0  # spread (std) of the initial tokens, the unit of the drift
+
+
+EVAL_POINTS = 4  # held-out evaluations during the run (at 1/4, 1/2, 3/4 and the end), besides the one before
+
+
+def token_drift(spatial: torch.Tensor, temporal: torch.Tensor, init: MotionEmbedding, scale: float) -> float:
+    """RMS distance of the tokens from where they started, in units of the initial tokens' spread: 0 = unmoved,
+    1 = moved as far as the tokens differ from each other at the start."""
+    moved = torch.cat([(spatial.detach().cpu() - init.spatial).flatten(), (temporal.detach().cpu() - init.temporal).flatten()])
+    return float(moved.pow(2).mean().sqrt()) / scale
+
+
+def convergence_verdict(result: InversionResult) -> str:
+    """A short judgement of the run from the held-out losses (or, without them, the training loss by quarter)."""
+    points = [loss for _, loss in result.eval_history]
+    if len(points) < 5:
+        history = [v for v in result.loss_history if math.isfinite(v)]
+        if len(history) < 8:
+            return "too few steps to judge"
+        quarter = len(history) // 4
+        points = [sum(history[i * quarter : (i + 1) * quarter]) / quarter for i in range(4)]
+        points = [points[0]] + points
+    half, last = points[-3], points[-2]
+    recent = (last - points[-1]) / last if last > 0 else 0.0
+    over_half = (half - points[-1]) / half if half > 0 else 0.0
+    if recent > 0.03:
+        return f"still improving ({100 * recent:.0f}% lower over the last quarter): more steps would help"
+    if over_half < 0.02:
+        return "flat over the last half: about half the steps would do"
+    return "levelling off: the steps fit"
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -161,14 +211,31 @@ def encode_training_clips(
     encode: Callable[[torch.Tensor], torch.Tensor],
     config: InversionConfig,
 ) -> torch.Tensor:
-    """[F, H, W, 3] reference -> [V, F, C, h, w] latents of the clip and its augmented copies.
+    """[F, H, W, 3] reference -> [V, F, C, h, w] latents of the clip and its augmented copies, in float32.
 
     ``encode`` maps pixels [F, H, W, 3] in [0, 1] to latents in the denoiser's latent space. Done once,
-    before the loop; copy 0 is always the unaugmented clip (used for evaluation).
+    before the loop; copy 0 is always the unaugmented clip (used for evaluation). With SVD's conditioning
+    augmentation (``config.conditioning_pixel_noise``) each copy gets one more latent, [V, F+1, ...]: its first
+    frame encoded again from noisy pixels, the conditioning image (see :func:`split_conditioning`).
     """
     generator = torch.Generator().manual_seed(derived_seed(config.seed, 1))
     variants = make_variants(frames.float().cpu(), config.augment, generator)
-    return torch.stack([encode(clip) for clip in variants])
+    level = config.conditioning_pixel_noise
+    noise = torch.Generator().manual_seed(derived_seed(config.seed, 4))
+    encoded = []
+    for clip in variants:
+        if level > 0:
+            noisy_first = clip[:1] + level * torch.randn(clip[:1].shape, generator=noise)
+            clip = torch.cat([clip, noisy_first])
+        encoded.append(encode(clip).float())  # fp32 whatever the VAE computes in (--fp16-intermediates)
+    return torch.stack(encoded)
+
+
+def split_conditioning(training_latents: torch.Tensor, config: InversionConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(clip latents [V, F, ...], conditioning latents [V, C, h, w] or None) from encode_training_clips' output."""
+    if config.conditioning_pixel_noise > 0:
+        return training_latents[:, :-1], training_latents[:, -1]
+    return training_latents, None
 
 
 def _lr_factor(step: int, config: InversionConfig) -> float:
@@ -188,8 +255,10 @@ def evaluate_loss(
     embedding: MotionEmbedding,
     sigmas: torch.Tensor,
     seed: int,
+    conditioning: torch.Tensor | None = None,
 ) -> float:
-    """Mean EDM loss over fixed (sigma, noise) draws, conditioning on the clip's own first frame."""
+    """Mean EDM loss over fixed (sigma, noise) draws, conditioning on ``conditioning`` (default: the clip's own
+    first frame's latent)."""
     generator = torch.Generator().manual_seed(seed)
     device = clip_latents.device
     spatial = resample_rows(embedding.spatial.to(device), clip_latents.shape[0])
@@ -198,7 +267,7 @@ def evaluate_loss(
     for sigma in sigmas:
         noise = torch.randn(clip_latents.shape, generator=generator).to(clip_latents)
         sigma = sigma.to(device)
-        denoised = denoiser(clip_latents + sigma * noise, sigma, spatial, temporal, clip_latents[0])
+        denoised = denoiser(clip_latents + sigma * noise, sigma, spatial, temporal, clip_latents[0] if conditioning is None else conditioning)
         total += float(edm_loss(denoised, clip_latents, sigma))
     return total / len(sigmas)
 
@@ -222,19 +291,34 @@ def invert(
         loss_scaling: scale the loss for fp16 compute so small gradients do not flush to zero.
     """
     start = time.perf_counter()
+    training_latents, conditionings = split_conditioning(training_latents, config)
     device = training_latents.device
     frames = training_latents.shape[1]
     generator = torch.Generator().manual_seed(config.seed)
     eval_sigmas = evaluation_sigmas(config, config.eval_draws) if config.eval_draws else None
     eval_seed = derived_seed(config.seed, 2)
     reference = training_latents[0]
+    reference_conditioning = conditionings[0] if conditionings is not None else None
 
-    initial_eval = evaluate_loss(denoiser, reference, init, eval_sigmas, eval_seed) if eval_sigmas is not None else None
+    def evaluate(embedding: MotionEmbedding) -> float:
+        return evaluate_loss(denoiser, reference, embedding, eval_sigmas, eval_seed, reference_conditioning)
 
-    # The embedding is the only thing that learns: two fp32 leaves, whatever the model's precision.
-    spatial = init.spatial.detach().to(device, torch.float32).clone().requires_grad_(True)
-    temporal = init.temporal.detach().to(device, torch.float32).clone().requires_grad_(True)
-    params = [spatial, temporal]
+    initial_eval = evaluate(init) if eval_sigmas is not None else None
+    eval_history = [(0, initial_eval)] if initial_eval is not None else []
+    eval_steps = {round(config.steps * (i + 1) / EVAL_POINTS) for i in range(EVAL_POINTS - 1)} - {0, config.steps}
+    token_scale = float(torch.cat([init.spatial.flatten(), init.temporal.flatten()]).float().std()) or 1.0
+    drift_history: list[float] = []
+
+    # The embedding is the only thing that learns: two fp32 leaves, whatever the model's precision, in units of
+    # `unit` (tokens = leaf * unit): the learning rate then moves tokens by about lr * unit per step.
+    unit = token_scale if config.learning_rate_unit == "token spread" else 1.0
+    leaf_spatial = (init.spatial.detach().to(device, torch.float32) / unit).clone().requires_grad_(True)
+    leaf_temporal = (init.temporal.detach().to(device, torch.float32) / unit).clone().requires_grad_(True)
+    params = [leaf_spatial, leaf_temporal]
+
+    def tokens() -> tuple[torch.Tensor, torch.Tensor]:
+        return (leaf_spatial, leaf_temporal) if unit == 1.0 else (leaf_spatial * unit, leaf_temporal * unit)
+
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = _LossScaler(enabled=loss_scaling)
     history: list[float] = []
@@ -246,11 +330,13 @@ def invert(
 
         variant = int(torch.randint(training_latents.shape[0], (1,), generator=generator))
         x0 = training_latents[variant]
-        image_latent = conditioning_latent(x0, config.augment, generator)
+        # SVD's own conditioning augmentation replaces frame 0's latent with its noisy-pixel encoding.
+        image_latent = conditioning_latent(x0 if conditionings is None else conditionings[variant][None], config.augment, generator)
         sigma = sample_sigma(config, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
 
         with torch.enable_grad():  # callers may run under no_grad; the tokens still need gradients
+            spatial, temporal = tokens()
             denoised = denoiser(x0 + sigma * noise, sigma, resample_rows(spatial, frames), temporal, image_latent)
             loss = edm_loss(denoised, x0, sigma)
         loss_value = float(loss.detach())
@@ -271,18 +357,26 @@ def invert(
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
+        spatial, temporal = (t.detach() for t in tokens())
         if not (torch.isfinite(spatial).all() and torch.isfinite(temporal).all()):
             raise InversionDiverged(
                 f"the embedding became non-finite at step {step + 1}; lower learning_rate (now {config.learning_rate:g})"
             )
 
         history.append(loss_value)
+        drift_history.append(token_drift(spatial, temporal, init, token_scale))
+        if eval_sigmas is not None and step + 1 in eval_steps:  # its own seeded draws: the optimisation is unchanged
+            current = MotionEmbedding(spatial=spatial, temporal=temporal)
+            eval_history.append((step + 1, evaluate(current)))
         if callback is not None:
-            callback(StepInfo(step + 1, config.steps, loss_value, lr, denoised.detach(), spatial.detach(), temporal.detach()))
+            callback(StepInfo(step + 1, config.steps, loss_value, lr, denoised.detach(), spatial, temporal, drift_history[-1]))
 
-    learned = MotionEmbedding(spatial=spatial.detach().cpu(), temporal=temporal.detach().cpu(), metadata=dict(init.metadata))
-    final_eval = evaluate_loss(denoiser, reference, learned, eval_sigmas, eval_seed) if eval_sigmas is not None else None
-    return InversionResult(learned, history, initial_eval, final_eval, time.perf_counter() - start)
+    spatial, temporal = (t.detach().cpu() for t in tokens())
+    learned = MotionEmbedding(spatial=spatial, temporal=temporal, metadata=dict(init.metadata))
+    final_eval = evaluate(learned) if eval_sigmas is not None else None
+    if final_eval is not None:
+        eval_history.append((config.steps, final_eval))
+    return InversionResult(learned, history, initial_eval, final_eval, time.perf_counter() - start, eval_history, drift_history, token_scale)
 
 
 def _backward_checked(loss: torch.Tensor, params: list[torch.Tensor], scaler: _LossScaler) -> None:
@@ -368,6 +462,8 @@ def labelled_embedding(
             "augmentation_level": augmentation_level,
             "resolution": f"{width}x{height}",
             "inversion_config": ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())),
+            "token_scale": round(result.token_scale, 6),
+            "token_drift": round(result.drift_history[-1], 6) if result.drift_history else None,
             **extra,
         },
     )

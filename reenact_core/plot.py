@@ -13,6 +13,7 @@ AXIS = (110, 110, 120)
 RAW = (70, 90, 140)
 SMOOTH = (120, 200, 255)
 TEXT = (230, 230, 235)
+DRIFT = (255, 170, 60)
 
 
 def render_loss_curve(
@@ -23,8 +24,13 @@ def render_loss_curve(
     after: float | None = None,
     width: int = 640,
     height: int = 320,
+    drift: list[float] | None = None,
+    evals: list[tuple[int, float]] | None = None,
+    verdict: str | None = None,
 ) -> Image.Image:
-    """Raw per-step loss (dim) and its moving average (bright), log-scaled y axis."""
+    """Raw per-step loss (dim) and its moving average (bright), log-scaled y axis; held-out losses at a few
+    steps (white dots, same axis); the tokens' drift from their start (orange, its own linear axis on the
+    right, in units of the initial tokens' spread); a verdict line under the title."""
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 56, width - 12, 28, height - 26
@@ -60,6 +66,18 @@ def render_loss_curve(
     offset = (window - 1) // 2
     if len(smooth) > 1:
         draw.line([point(i + offset, v) for i, v in enumerate(smooth)], fill=SMOOTH, width=2)
+    for step, value in evals or ():
+        if math.isfinite(value) and value > 0:
+            x, y = point(max(step - 1, 0), min(max(math.log10(value), lo), hi))
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=TEXT)
+    moved = [d for d in drift or () if math.isfinite(d)]
+    if moved:
+        top_drift = max(max(moved), 1e-6)
+        draw.text((right - 150, top + 4), f"drift (orange) up to {top_drift:.2g}", fill=DRIFT)
+        path = [(left + (right - left) * (i / max(steps - 1, 1)), bottom - (bottom - top) * d / top_drift) for i, d in enumerate(moved)]
+        draw.line(path if len(path) > 1 else path * 2, fill=DRIFT, width=1)
+    if verdict:
+        draw.text((left + 4, top + 4), verdict, fill=TEXT)
     return image
 
 

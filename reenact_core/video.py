@@ -28,11 +28,13 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import os
 import re
+import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -62,9 +64,38 @@ class ReferenceVideoError(ValueError):
 @dataclass
 class ReferenceClip:
     frames: torch.Tensor  # [T, H, W, 3] float32 in [0, 1], CPU
-    fps: float  # rate of the returned frames
+    fps: float  # rate of the returned frames (the source's rate divided by select_every_nth)
     source: str  # absolute path, or a description such as "IMAGE batch"
     sha256: str  # of the source bytes (file / concatenated sequence files) or of `frames`
+    orientation: str = ""  # what was done to show the clip as its file says it is seen ("" = nothing)
+    fps_known: bool = True  # False: the source has no timing (stills, sequences, IMAGE batches) and fps is assumed
+
+    def describe(self) -> str:
+        """One line for the node's text: frames, size, frame rate, orientation."""
+        t, h, w = self.frames.shape[:3]
+        rate = f"{self.fps:.3g} fps" if self.fps_known else f"{self.fps:.3g} fps (assumed: the source has no timing)"
+        text = f"{t} frames of {w}x{h} at {rate}, {t / self.fps:.2f} s"
+        return text + (f"; {self.orientation}" if self.orientation else "")
+
+
+SAMPLINGS = ("spread over the clip", "first frames at the clip's rate")
+
+
+def frames_for_inversion(clip: ReferenceClip, num_frames: int, sampling: str = SAMPLINGS[0]) -> tuple[torch.Tensor, float]:
+    """The ``num_frames`` frames the inversion learns from, and the frame rate they have.
+
+    "spread over the clip" picks them evenly over the whole clip (first and last included): the whole motion, at a
+    lower frame rate than filmed when the clip is longer than ``num_frames``. "first frames at the clip's rate"
+    takes the first ``num_frames`` frames as they are: a short motion at its own frame rate."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"frame sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == SAMPLINGS[1]:
+        frames = resample_frames(clip.frames[:num_frames], num_frames)  # same checks: enough frames, more than one
+        return frames, clip.fps
+    frames = resample_frames(clip.frames, num_frames)
+    total = clip.frames.shape[0]
+    # The same duration, (total - 1) / fps seconds, in num_frames - 1 steps.
+    return frames, clip.fps * (num_frames - 1) / (total - 1) if total > 1 else clip.fps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,13 +132,13 @@ def load_reference_video(
     try:
         if p.is_dir():
             files = _sequence_files(p)
-            frames, fps = _load_sequence(p, files, sel, size, budget)
+            frames, rate, orientation = _load_sequence(p, files, sel, size, budget)
         else:
             files = [p]
             if p.suffix.lower() in IMAGE_EXTENSIONS:
-                frames, fps = _load_image_file(p, sel, size, budget)
+                frames, rate, orientation = _load_image_file(p, sel, size, budget)
             else:
-                frames, fps = _load_with_pyav(p, sel, size, budget)
+                frames, rate, orientation = _load_with_pyav(p, sel, size, budget)
         digest = _sha256_files(files)
     except ReferenceVideoError:
         raise
@@ -122,11 +153,13 @@ def load_reference_video(
             f"{p}: could not be read as a video ({_describe(e)}); the file may be corrupt, "
             f"truncated or not a video: {REEXPORT_HINT}"
         ) from e
-    return ReferenceClip(frames=frames, fps=fps, source=str(p), sha256=digest)
+    # The rate of the returned frames: every nth of the source's (sources without timing: DEFAULT_FPS assumed).
+    fps = (rate or DEFAULT_FPS) / sel.nth
+    return ReferenceClip(frames=frames, fps=fps, source=str(p), sha256=digest, orientation=orientation, fps_known=rate is not None)
 
 
 def clip_from_images(
-    images: torch.Tensor, fps: float = DEFAULT_FPS, source: str = "IMAGE batch"
+    images: torch.Tensor, fps: float = DEFAULT_FPS, source: str = "IMAGE batch", fps_known: bool = False
 ) -> ReferenceClip:
     """Validate an IMAGE batch ``[T, H, W, C]`` from another node and wrap it as a clip.
 
@@ -183,7 +216,7 @@ def clip_from_images(
         x = x[..., :3]
     x = x.clamp(0.0, 1.0).contiguous()
     return ReferenceClip(
-        frames=x, fps=float(fps), source=source, sha256=hashlib.sha256(x.numpy()).hexdigest()
+        frames=x, fps=float(fps), source=source, sha256=hashlib.sha256(x.numpy()).hexdigest(), fps_known=fps_known
     )
 
 
@@ -217,7 +250,7 @@ def select_and_resize(
     width, height = size.output(frames.shape[2], frames.shape[1])
     if (width, height) != (frames.shape[2], frames.shape[1]):
         frames = fit_frames(frames, width, height)
-    return ReferenceClip(frames=frames, fps=clip.fps / sel.nth, source=clip.source, sha256=clip.sha256)
+    return dataclasses.replace(clip, frames=frames, fps=clip.fps / sel.nth)
 
 
 def resample_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -428,7 +461,9 @@ def _finish(kept: list[np.ndarray], seen: int, sel: _Selection, source: Path) ->
 
 def _load_with_pyav(
     p: Path, sel: _Selection, size: _SizeRule, budget: int
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float | None, str]:
+    """Frames shown upright as the file's display matrix says, the source's frame rate (None: no timing),
+    and what was done to orient them."""
     av = pyav()
     try:
         # Local files only: a playlist-like file (HLS, concat...) must never make FFmpeg fetch URLs.
@@ -464,8 +499,9 @@ def _load_with_pyav(
                 while_decoding=False,
             )
         stats = _DecodeStats()
+        oriented = _DisplayOrientation()
         kept, seen = _collect(
-            _decoded_av_frames(container, stream, p, stats), _av_frame_to_rgb, sel, size, budget, p
+            _decoded_av_frames(container, stream, p, stats), oriented, sel, size, budget, p
         )
         if seen == 0:
             detail = (
@@ -480,8 +516,8 @@ def _load_with_pyav(
             )
         frames = _finish(kept, seen, sel, p)
         rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate and float(rate) > 0 else stats.measured_fps() or DEFAULT_FPS
-    return frames, fps / sel.nth
+        fps = float(rate) if rate and float(rate) > 0 else stats.measured_fps()
+    return frames, fps, oriented.description
 
 
 class _DecodeStats:
@@ -544,6 +580,75 @@ def _decoded_av_frames(
             yield frame
 
 
+class _DisplayOrientation:
+    """Decoded frame -> RGB as the file says it is shown. Phones store portrait clips as landscape frames with
+    a display matrix (rotation, sometimes a mirror); players apply it, so a clip learned without it moves
+    sideways ("up" becomes "left"). Frame by frame (the matrix is per frame side data in FFmpeg 6+; older
+    PyAV only gives ``frame.rotation``); ``description`` says what was done to the first frame."""
+
+    def __init__(self) -> None:
+        self.description: str | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        rgb = _av_frame_to_rgb(frame)
+        matrix = _display_matrix(frame)
+        if matrix is not None:
+            rgb, description = _apply_display_matrix(rgb, matrix)
+        else:  # older PyAV: the angle only (counter-clockwise degrees, as FFmpeg's av_display_rotation_get)
+            quarter = round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
+            rgb, description = np.rot90(rgb, quarter), _ROTATIONS[quarter]
+        if self.description is None:
+            self.description = description
+        return np.ascontiguousarray(rgb)
+
+
+_ROTATIONS = ("", "rotated 90° counter-clockwise", "rotated 180°", "rotated 90° clockwise")  # quarter turns ccw
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    for data in getattr(frame, "side_data", None) or ():
+        if "DISPLAYMATRIX" in str(getattr(data, "type", "")):
+            raw = bytes(data)
+            if len(raw) == 36:
+                return struct.unpack("<9i", raw)
+    return None
+
+
+def _apply_display_matrix(rgb: np.ndarray, matrix: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """FFmpeg's display matrix maps a source pixel (p, q) to p' = a*p + c*q, q' = b*p + d*q (16.16 fixed
+    point, plus a translation). Right-angle rotations and mirrors are exact index operations; other angles
+    are left alone (no phone writes them)."""
+    a, b, c, d = (0 if abs(v) < 0x8000 else (1 if v > 0 else -1) for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    if b == c == 0 and a and d:
+
+        def transform(x):  # rows follow q' = d*q, columns p' = a*p
+            return x[:: -1 if d < 0 else 1, :: -1 if a < 0 else 1]
+
+    elif a == d == 0 and b and c:
+
+        def transform(x):  # rows follow q' = b*p, columns p' = c*q: the axes swap
+            return x.swapaxes(0, 1)[:: -1 if b < 0 else 1, :: -1 if c < 0 else 1]
+
+    else:
+        return rgb, ""
+    return transform(rgb), _describe_transform(transform)
+
+
+def _describe_transform(transform) -> str:
+    """Name a right-angle transform by what it does to a small asymmetric pattern."""
+    probe = np.arange(6).reshape(2, 3)
+    moved = transform(probe)
+    if np.array_equal(moved, probe[::-1]):
+        return "flipped upside down"
+    for quarter in range(4):
+        for mirror in (False, True):
+            candidate = np.rot90(probe, quarter)
+            candidate = candidate[:, ::-1] if mirror else candidate
+            if candidate.shape == moved.shape and np.array_equal(candidate, moved):
+                return ", then ".join(([_ROTATIONS[quarter]] if quarter else []) + (["mirrored left-right"] if mirror else []))
+    return "re-oriented"
+
+
 def _av_frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     fmt = frame.format
     # pal8 carries alpha in its palette (gif, png) without flagging an alpha component.
@@ -558,7 +663,7 @@ def _av_frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 def _load_image_file(
     p: Path, sel: _Selection, size: _SizeRule, budget: int
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float | None, str]:
     img = _open_image(p)
     with img:
         n = getattr(img, "n_frames", 1)
@@ -577,8 +682,9 @@ def _load_image_file(
 
         kept, seen = _collect(frames(), lambda im: _pil_to_rgb(im, p), sel, size, budget, p)
         result = _finish(kept, seen, sel, p)
-    fps = 1000.0 / (sum(durations) / len(durations)) if durations else DEFAULT_FPS
-    return result, fps / sel.nth
+        exif = _orientation(img)
+    fps = 1000.0 / (sum(durations) / len(durations)) if durations and n > 1 else None
+    return result, fps, f"turned upright by its EXIF orientation ({exif})" if exif != 1 else ""
 
 
 def _sequence_files(d: Path) -> list[Path]:
@@ -598,7 +704,7 @@ def _sequence_files(d: Path) -> list[Path]:
 
 def _load_sequence(
     d: Path, files: list[Path], sel: _Selection, size: _SizeRule, budget: int
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, None, str]:
     """Each file is one frame (the first frame of an animated file); selection is by file order."""
     count = sel.count(len(files))
     if count:  # header-only read of the first kept file gives the size
@@ -607,7 +713,7 @@ def _load_sequence(
             src = _header_size(img)
         _check_budget(d, count, size.output(*src), budget, while_decoding=False)
     kept, seen = _collect(files, _read_still, sel, size, budget, d)
-    return _finish(kept, seen, sel, d), DEFAULT_FPS / sel.nth
+    return _finish(kept, seen, sel, d), None, ""
 
 
 def _read_still(f: Path) -> np.ndarray:

@@ -14,7 +14,9 @@ from reenact_core.embedding import MotionEmbedding, mix
 from reenact_core.inversion import (
     InversionConfig,
     InversionDiverged,
+    InversionResult,
     NoTokenGradient,
+    convergence_verdict,
     edm_loss,
     edm_weight,
     encode_training_clips,
@@ -405,3 +407,116 @@ def test_one_shared_row_is_broadcast_to_every_frame():
     assert result.embedding.spatial.shape == (1, 1, DIM)
     assert result.final_eval_loss < result.initial_eval_loss
     assert result.embedding.resample_frames(4).spatial.shape == (4, 1, DIM)
+
+
+def test_held_out_losses_during_the_run_and_the_tokens_drift_are_recorded_without_changing_the_result():
+    _, with_evals, init = run_toy_inversion(steps=40, eval_draws=4)
+    _, without, _ = run_toy_inversion(steps=40, eval_draws=0)
+    assert torch.equal(with_evals.embedding.spatial, without.embedding.spatial)  # evaluation draws its own noise
+    assert [step for step, _ in with_evals.eval_history] == [0, 10, 20, 30, 40]
+    assert with_evals.eval_history[0][1] == with_evals.initial_eval_loss and with_evals.eval_history[-1][1] == with_evals.final_eval_loss
+    assert without.eval_history == []
+    assert len(with_evals.drift_history) == 40 and with_evals.drift_history[0] > 0
+    scale = float(torch.cat([init.spatial.flatten(), init.temporal.flatten()]).std())
+    assert with_evals.token_scale == pytest.approx(scale)
+    moved = torch.cat([(with_evals.embedding.spatial - init.spatial).flatten(), (with_evals.embedding.temporal - init.temporal).flatten()])
+    assert with_evals.drift_history[-1] == pytest.approx(float(moved.pow(2).mean().sqrt()) / scale, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "losses, verdict",
+    [([1.0, 0.8, 0.6, 0.5, 0.4], "still improving"), ([1.0, 0.5, 0.40, 0.40, 0.399], "flat over the last half"),
+     ([1.0, 0.6, 0.5, 0.46, 0.455], "levelling off")],
+)
+def test_the_verdict_reads_the_held_out_losses(losses, verdict):
+    result = InversionResult(None, [1.0] * 40, losses[0], losses[-1], 0.0, eval_history=list(zip([0, 10, 20, 30, 40], losses, strict=True)))
+    assert convergence_verdict(result).startswith(verdict)
+
+
+def test_without_held_out_draws_the_verdict_reads_the_training_loss_by_quarter():
+    falling = InversionResult(None, [1.0 - 0.02 * i for i in range(40)], None, None, 0.0)
+    flat = InversionResult(None, [0.5] * 40, None, None, 0.0)
+    assert convergence_verdict(falling).startswith("still improving") and convergence_verdict(flat).startswith("flat")
+
+
+def test_learning_rates_in_units_of_the_token_spread_mean_the_same_on_a_context_of_another_scale():
+    """A model that reads its context 10x smaller, started from 10x larger tokens, is the same problem in other
+    units: in 'token spread' units the same learning rate takes exactly the same path (tokens 10x), in
+    absolute units it does not (Adam moves every element by about the rate, whatever the scale)."""
+
+    class Rescaled(ToyVideoDenoiser):
+        def __init__(self, factor, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def forward(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+            return super().forward(noisy, sigma, frame_tokens / self.factor, shared_tokens / self.factor, image_latent)
+
+    _, pixels, encode = toy_setup()
+    learned = {}
+    for unit in ("absolute", "token spread"):
+        for factor in (1.0, 10.0):
+            config = InversionConfig(steps=12, tokens_per_frame=2, eval_draws=0, learning_rate=0.05, learning_rate_unit=unit)
+            latents = encode_training_clips(pixels, encode, config)
+            init = initial_tokens(4, config, torch.Generator().manual_seed(0), dim=DIM)
+            init = MotionEmbedding(init.spatial * factor, init.temporal * factor)
+            learned[unit, factor] = invert(Rescaled(factor, dim=DIM), latents, init, config).embedding.spatial / factor
+    torch.testing.assert_close(learned["token spread", 10.0], learned["token spread", 1.0], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(learned["absolute", 10.0], learned["absolute", 1.0], rtol=1e-2, atol=1e-3)
+
+
+# ---- SVD's conditioning augmentation and the latents' precision --------------------------------------
+
+
+def _half_encoder(seen: list):
+    """An 'encoder' in fp16 (as VAE.encode under --fp16-intermediates): [F, H, W, 3] -> [F, 3, H/4, W/4]."""
+
+    def encode(pixels):
+        seen.append(pixels.clone())
+        return pixels.permute(0, 3, 1, 2)[:, :, ::4, ::4].half()
+
+    return encode
+
+
+def test_training_latents_are_fp32_and_the_conditioning_frame_gets_svds_pixel_noise():
+    from reenact_core.inversion import split_conditioning
+
+    clip = torch.rand(4, 16, 16, 3)
+    seen: list = []
+    plain = encode_training_clips(clip, _half_encoder(seen), InversionConfig(seed=3))
+    assert plain.dtype == torch.float32 and plain.shape == (1, 4, 3, 4, 4)
+    assert seen[0].shape[0] == 4  # no extra frame without the augmentation
+    latents, conditioning = split_conditioning(plain, InversionConfig(seed=3))
+    assert conditioning is None and torch.equal(latents, plain)
+
+    config = InversionConfig(seed=3, conditioning_pixel_noise=0.1)
+    seen.clear()
+    noisy = encode_training_clips(clip, _half_encoder(seen), config)
+    assert noisy.dtype == torch.float32 and noisy.shape == (1, 5, 3, 4, 4)
+    pixels = seen[0]
+    assert torch.equal(pixels[:4], clip)  # the clip itself stays clean
+    added = pixels[4] - clip[0]  # the conditioning frame: frame 0 plus Gaussian pixel noise of that std
+    assert abs(float(added.std()) - 0.1) < 0.01 and abs(float(added.mean())) < 0.01
+    latents, conditioning = split_conditioning(noisy, config)
+    assert latents.shape == (1, 4, 3, 4, 4) and torch.equal(conditioning, noisy[:, 4])
+    again = encode_training_clips(clip, _half_encoder([]), config)
+    assert torch.equal(again, noisy)  # the noise is seeded
+
+
+def test_the_loop_conditions_on_the_noisy_frame_when_svds_augmentation_is_on():
+    clip_latents = torch.randn(1, 4, 4, 8, 8)
+    noisy_first = clip_latents[:, 0] + 0.5 * torch.randn(1, 4, 8, 8)
+
+    class Recording(ToyVideoDenoiser):
+        def forward(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+            self.seen.append(image_latent.detach().clone())
+            return super().forward(noisy, sigma, frame_tokens, shared_tokens, image_latent)
+
+    for level, training, expected in ((0.0, clip_latents, clip_latents[0, 0]),
+                                      (0.1, torch.cat([clip_latents, noisy_first[:, None]], 1), noisy_first[0])):
+        denoiser = Recording(dim=DIM)
+        denoiser.seen = []
+        config = InversionConfig(steps=2, eval_draws=2, conditioning_pixel_noise=level)
+        result = invert(denoiser, training, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
+        assert result.embedding.spatial.shape[0] == 4  # the conditioning latent is not a frame of the motion
+        assert denoiser.seen and all(torch.equal(image, expected) for image in denoiser.seen), level

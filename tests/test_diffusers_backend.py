@@ -227,7 +227,10 @@ def test_inversion_lowers_the_reference_loss_on_held_out_draws(inverted):
     assert embedding.spatial.shape == (FRAMES, TOKENS, DIM) and embedding.temporal.shape == (TOKENS, DIM)
     meta = embedding.metadata
     assert meta["backend"] == "diffusers" and meta["modelspec.title"] == "motion from moving_square.mp4"
-    assert meta["fps"] == "6" and meta["motion_bucket_id"] == "127" and meta["resolution"] == f"{SIZE}x{SIZE}" and meta["steps"] == "20"
+    # fps 0 (auto): SVD is told the rate the learned frames have, recorded next to it
+    assert meta["fps"] == str(max(1, round(float(meta["motion_fps"])))) and float(meta["reference_fps"]) > 0
+    assert meta["motion_bucket_id"] == "127" and meta["resolution"] == f"{SIZE}x{SIZE}" and meta["steps"] == "20"
+    assert meta["base_model"] == "svd"
 
 
 def test_inversion_leaves_the_model_untouched(pipe, inverted):
@@ -236,6 +239,38 @@ def test_inversion_leaves_the_model_untouched(pipe, inverted):
     assert processors(pipe.unet) == procs  # the routing processors are gone again
     assert not pipe.unet.is_gradient_checkpointing and [p.requires_grad for p in pipe.unet.parameters()] == grads
     assert all(p.grad is None for p in pipe.unet.parameters()), "no weight gradient was ever computed"
+
+
+def test_gradient_checkpointing_really_saves_memory_and_covers_the_temporal_blocks(pipe):
+    """diffusers checkpoints only in training mode before 0.31 and never its temporal transformer blocks: the
+    backend turns training mode on (SVD has no dropout) and wraps those blocks itself, and undoes both."""
+    latent = SIZE // 8
+    noisy = torch.randn(FRAMES, 4, latent, latent, generator=torch.Generator().manual_seed(0))
+    weights = {p.untyped_storage().data_ptr() for p in pipe.unet.parameters()}
+    temporal = [m for m in pipe.unet.modules() if type(m).__name__ == "TemporalBasicTransformerBlock"]
+    assert temporal
+
+    def saved_bytes(checkpointing: bool) -> int:
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in weights:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with backend.frozen_unet(pipe.unet, checkpointing), backend.DiffusersSVDDenoiser(
+            pipe.unet, vae_scaling_factor=pipe.vae.config.scaling_factor, fps=6, motion_bucket_id=127, augmentation_level=0.0
+        ) as denoiser:
+            assert pipe.unet.training == checkpointing
+            assert all(("forward" in vars(m)) == checkpointing for m in temporal)
+            tokens, shared = torch.zeros(FRAMES, 3, DIM, requires_grad=True), torch.zeros(3, DIM, requires_grad=True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                denoiser(noisy, torch.tensor(1.0), tokens, shared, noisy[0]).sum()
+        return sum(seen.values())
+
+    full, checkpointed = saved_bytes(False), saved_bytes(True)
+    assert checkpointed < 0.5 * full, (checkpointed, full)
+    assert not pipe.unet.training and all("forward" not in vars(m) for m in temporal)  # as it was
 
 
 def test_same_seed_same_embedding(pipe, media):
@@ -324,7 +359,7 @@ def test_an_embedding_made_here_passes_the_comfyui_loader_and_apply_nodes(comfy,
     positive = [[image_token, {"concat_latent_image": torch.zeros(1, 4, 8, 8)}]]
     negative = [[torch.zeros_like(image_token), {"concat_latent_image": torch.zeros(1, 4, 8, 8)}]]
     latent = {"samples": torch.zeros(7, 4, 8, 8)}
-    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=loaded, latent=latent, strength=1.0)
+    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=loaded, latent=latent, strength=1.0)
     assert pos[0][0].shape == (7, TOKENS, DIM) and torch.allclose(pos[0][0], inverted[0].embedding.resample_frames(7).spatial)
     assert torch.equal(pos[0][1]["time_conditioning"][0], inverted[0].embedding.temporal)
     assert neg[0][0].shape == (7, TOKENS, DIM) and not neg[0][0].any()

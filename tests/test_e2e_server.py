@@ -265,7 +265,7 @@ INVERT, APPLY = "reenact_1_invert_motion.json", "reenact_2_apply_motion.json"
 BROKEN = {
     "inversion: a widget value missing": (
         INVERT,
-        lambda w: _node(w, "MotionTextualInversion")["widgets_values"].pop(),
+        lambda w: [_node(w, "MotionTextualInversion")["widgets_values"].pop() for _ in range(2)],  # frame_sampling is optional
         r"node 3 \(MotionTextualInversion\), input 'gradient_checkpointing': too few widget values",
     ),
     "inversion: an extra widget value": (
@@ -361,6 +361,18 @@ def test_broken_copies_of_shipped_workflows_fail_loudly(object_info, case):
     ui_to_api(load_workflow(path_name), object_info)  # the original is fine
     with pytest.raises(WorkflowError, match=message):
         ui_to_api(_broken(path_name, edit), object_info)
+
+
+def test_a_workflow_saved_before_the_newer_optional_inputs_keeps_its_meaning(object_info):
+    """Files saved before frame_sampling (Motion Textual Inversion) and keep_speed (Apply Motion Embedding)
+    existed lack their widget values: they convert with the defaults, which do what those files did."""
+    old = _broken(INVERT, lambda w: _node(w, "MotionTextualInversion")["widgets_values"].pop())
+    prompt = ui_to_api(old, object_info)
+    assert prompt["3"]["inputs"]["frame_sampling"] == "spread over the clip"
+    old = _broken(APPLY, lambda w: _node(w, "ApplyMotionEmbedding")["widgets_values"].pop())
+    prompt = ui_to_api(old, object_info)
+    (apply,) = nodes_of(prompt, "ApplyMotionEmbedding")
+    assert prompt[apply]["inputs"]["keep_speed"] is False
 
 
 def test_the_packs_upload_button_value_from_old_frontends_is_tolerated(object_info):

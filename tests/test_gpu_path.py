@@ -32,7 +32,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def reference(comfy, pack):
     write_video(moving_square_frames(6, SIZE), os.path.join(comfy.folder_paths.get_input_directory(), "gpu_path_square.mp4"))
-    clip, _, _ = run_node(
+    clip, _, _, _ = run_node(
         comfy, "LoadMotionReference", video="gpu_path_square.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
         custom_width=0, custom_height=0,
     )
@@ -53,7 +53,7 @@ def private_model(pack):
 
 
 def invert(comfy, model, vae, reference, steps=2, seed=0):
-    (embedding, _) = run_node(
+    (embedding, _, _) = run_node(
         comfy, "MotionTextualInversion", model=model, vae=vae, motion_reference=reference, steps=steps, learning_rate=0.05,
         tokens_per_frame=2, video_frames=FRAMES, width=SIZE, height=SIZE, seed=seed, fps=6, motion_bucket_id=127,
         augmentation_level=0.0, precision="fp32", gradient_checkpointing=False,

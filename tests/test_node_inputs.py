@@ -24,7 +24,7 @@ BASE_OPTIONS = dict(
 @pytest.fixture(scope="module")
 def reference(comfy, pack):
     write_video(moving_square_frames(8, SIZE), os.path.join(comfy.folder_paths.get_input_directory(), "inputs_square.mp4"))
-    clip, _, _ = run_node(comfy, "LoadMotionReference", video="inputs_square.mp4", frame_load_cap=0, skip_first_frames=0,
+    clip, _, _, _ = run_node(comfy, "LoadMotionReference", video="inputs_square.mp4", frame_load_cap=0, skip_first_frames=0,
                           select_every_nth=1, custom_width=0, custom_height=0)
     return clip
 
@@ -160,7 +160,7 @@ def test_clip_vision_sets_the_starting_tokens(comfy, svd, reference, baseline):
     "field, value",
     [("sigma_log_mean", 2.0), ("sigma_log_std", 0.2), ("warmup_steps", 2), ("schedule", "constant"), ("weight_decay", 0.5),
      ("grad_clip", 0.001), ("init_noise", 0.5), ("crop_scale", 0.7), ("color_jitter", 0.5),
-     ("random_cond_frame", True), ("cond_noise", 0.5), ("hue_shift", 0.4)],
+     ("random_cond_frame", True), ("cond_noise", 0.5), ("hue_shift", 0.4), ("learning_rate_unit", "token spread")],
 )
 def test_each_inversion_option_changes_the_result(comfy, svd, reference, baseline, field, value):
     assert differs(baseline, invert(comfy, svd, reference, options={field: value}))
@@ -191,6 +191,55 @@ def test_augmentation_options_reach_the_encoder_field_by_field(comfy, svd, refer
     assert seen == [(augment(**chosen, variants=3), 3), (augment(hflip=True, variants=1), 1)]
 
 
+def test_conditioning_augmentation_noisy_pixels_encodes_a_noisy_conditioning_frame_at_the_augmentation_level(
+        comfy, svd, reference, monkeypatch, modules):
+    """'noisy pixels, as SVD' gives the encoder one more frame (frame 0 with pixel noise of std augmentation_level)
+    and the default keeps the old meaning: the level only in the micro-conditioning, no extra frame."""
+    seen = []
+    encode = modules["inversion"].encode_training_clips
+
+    def recording(frames, encoder, config):
+        latents = encode(frames, encoder, config)
+        seen.append((config.conditioning_pixel_noise, latents.shape[1]))
+        return latents
+
+    monkeypatch.setattr(modules["inversion"], "encode_training_clips", recording)
+    calls = ModelCalls(monkeypatch)
+    invert(comfy, svd, reference, steps=1, augmentation_level=0.3)
+    plain_calls = len(calls.calls)
+    noisy = invert(comfy, svd, reference, steps=1, augmentation_level=0.3, options={"conditioning_augmentation": "noisy pixels, as SVD"})
+    assert seen == [(0.0, FRAMES), (0.3, FRAMES + 1)]
+    assert noisy.frames == FRAMES  # the conditioning frame is not a frame of the motion
+    expected = svd[0].model.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.3)
+    assert len(calls.calls) == 2 * plain_calls  # same work both ways; the level also reaches SVD in both
+    for call in calls.calls:
+        torch.testing.assert_close(call["y"][0].float().cpu(), expected[0].float().cpu())
+
+
+def test_sv3d_is_refused_before_anything_runs(comfy, svd, reference):
+    """SV3D subclasses SVD_img2vid but is conditioned on camera angles: it cannot learn a motion."""
+    import types
+
+    import comfy.model_base as model_base  # (not `import comfy.model_base`: that would shadow the fixture)
+
+    for name in ("SV3D_u", "SV3D_p"):
+        sv3d = types.SimpleNamespace(model=object.__new__(getattr(model_base, name)))
+        with pytest.raises(Exception, match=f"{name}.*Stable Video 3D.*svd.safetensors"):
+            invert(comfy, svd, reference, model=sv3d)
+
+
+def test_base_model_in_the_embedding_comes_from_the_model_not_the_frame_count(comfy, svd, reference, pack):
+    """SVD and SVD-XT share a UNet: 25 frames on SVD is still 'svd', and Motion World's UNet says so."""
+    clip_25, _, _, _ = run_node(comfy, "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+                                custom_width=0, custom_height=0, images=torch.rand(25, SIZE, SIZE, 3))
+    assert invert(comfy, svd, clip_25, steps=1, video_frames=25).metadata["base_model"] == "svd"  # the frame count once said svd_xt
+    family = pack_submodule(pack.module, "nodes.comfy_denoiser").model_family
+    import types
+
+    world = types.SimpleNamespace(model=types.SimpleNamespace(model_config=types.SimpleNamespace(unet_config={"context_dim": 64})))
+    assert family(world) == "motion_world"
+
+
 def test_eval_draws_decides_whether_the_loss_before_and_after_is_measured(comfy, svd, reference, baseline):
     assert "final_loss" not in baseline.metadata
     measured = invert(comfy, svd, reference, options={"eval_draws": 2})
@@ -219,7 +268,7 @@ def _embedding(pack, seed, frames=FRAMES, tokens=2):
 def test_strength_scales_the_motion_away_from_the_targets_own_token_beyond_one_too(comfy, pack, conditioning, strength):
     positive, negative, latent = conditioning
     motion = _embedding(pack, 1)
-    (applied_positive, applied_negative) = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative,
+    (applied_positive, applied_negative, _) = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative,
                                                    motion_embedding=motion, latent=latent, strength=strength)
     image_token = positive[0][0].reshape(-1, 1024).float().mean(0)
     expected = image_token + strength * (motion.spatial - image_token)
@@ -268,12 +317,12 @@ def _indices(frames) -> list[int]:
     [(0, 0, 1, list(range(12))), (5, 0, 1, [0, 1, 2, 3, 4]), (0, 7, 1, [7, 8, 9, 10, 11]), (0, 0, 4, [0, 4, 8]), (2, 3, 2, [3, 5])],
 )
 def test_reference_selection_inputs_pick_exactly_these_frames(comfy, numbered_frames, cap, skip, nth, expected):
-    _, frames, count = run_node(comfy, "LoadMotionReference", video=numbered_frames, frame_load_cap=cap, skip_first_frames=skip,
+    _, frames, count, _ = run_node(comfy, "LoadMotionReference", video=numbered_frames, frame_load_cap=cap, skip_first_frames=skip,
                                 select_every_nth=nth, custom_width=0, custom_height=0)
     assert _indices(frames) == expected and count == len(expected)
 
 
 def test_reference_custom_size_sets_width_and_height(comfy, numbered_frames):
-    _, frames, _ = run_node(comfy, "LoadMotionReference", video=numbered_frames, frame_load_cap=1, skip_first_frames=0,
+    _, frames, _, _ = run_node(comfy, "LoadMotionReference", video=numbered_frames, frame_load_cap=1, skip_first_frames=0,
                             select_every_nth=1, custom_width=32, custom_height=16)
     assert tuple(frames.shape) == (1, 16, 32, 3)

@@ -20,7 +20,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def reference(comfy, pack):
     write_video(moving_square_frames(8, SIZE), os.path.join(comfy.folder_paths.get_input_directory(), "moving_square.mp4"))
-    clip, frames, count = run_node(
+    clip, frames, count, _ = run_node(
         comfy, "LoadMotionReference", video="moving_square.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0, custom_height=0
     )
     assert count == 8 and frames.shape == (8, SIZE, SIZE, 3)
@@ -57,7 +57,7 @@ def invert(comfy, svd, reference, steps, seed=0, clip_vision=None, **overrides):
     inputs.update(overrides)
     if clip_vision is not None:
         inputs["clip_vision"] = clip_vision
-    return run_node(comfy, "MotionTextualInversion", **inputs)
+    return run_node(comfy, "MotionTextualInversion", **inputs)[:2]  # the embedding and the loss curve
 
 
 def weight_fingerprint(model):
@@ -211,7 +211,7 @@ class AttentionProbe:
 def test_apply_routes_frame_tokens_and_shared_tokens_into_the_unet(comfy, svd, inverted):
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd)
-    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     probe = AttentionProbe(svd[0].model.diffusion_model)
     try:
         images = sample(comfy, svd, pos, neg, latent)
@@ -242,9 +242,9 @@ def test_strength_zero_is_stock_svd_and_the_motion_changes_the_video(comfy, svd,
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd)
     stock = sample(comfy, svd, positive, negative, latent)
-    pos0, neg0 = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=0.0)
+    pos0, neg0, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=0.0)
     neutral = sample(comfy, svd, pos0, neg0, latent)
-    pos1, neg1 = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos1, neg1, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     moved = sample(comfy, svd, pos1, neg1, latent)
     assert torch.allclose(neutral, stock, atol=2e-3), float((neutral - stock).abs().max())
     assert float((moved - stock).abs().mean()) > 10 * float((neutral - stock).abs().mean()) + 1e-3
@@ -253,7 +253,7 @@ def test_strength_zero_is_stock_svd_and_the_motion_changes_the_video(comfy, svd,
 def test_apply_resamples_to_the_latent_frame_count(comfy, svd, inverted, pack):
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd, frames=7)
-    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     expected = embedding.resample_frames(7).spatial
     assert torch.allclose(pos[0][0], expected) and pos[0][0].shape == (7, 3, 1024)
     assert torch.equal(pos[0][1]["time_conditioning"][0], embedding.temporal)
@@ -281,7 +281,7 @@ def test_mix_node(comfy, inverted):
 
 def test_reference_from_an_image_batch(comfy, pack):
     images = torch.rand(10, 32, 48, 3)
-    clip, frames, count = run_node(
+    clip, frames, count, _ = run_node(
         comfy, "LoadMotionReference", video="none", frame_load_cap=4, skip_first_frames=1, select_every_nth=2, custom_width=24, custom_height=0, images=images
     )
     assert count == 4 and frames.shape == (4, 16, 24, 3)
@@ -309,7 +309,7 @@ def test_inversion_denoiser_matches_comfyui_sampler_on_applied_conditioning(comf
     embedding = inverted[0]
     model, _, vae = svd
     positive, negative, latent = conditioning(comfy, svd)
-    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     seen = {}
 
     def capture(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):

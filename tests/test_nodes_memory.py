@@ -84,7 +84,7 @@ def test_inversion_offloads_vae_and_clip_vision(comfy, svd, pack):
     model, _, vae = svd
     clip_vision = tiny_clip_vision()
     write_video(moving_square_frames(8, 64), os.path.join(comfy.folder_paths.get_input_directory(), "offload_square.mp4"))
-    reference, _, _ = run_node(
+    reference, _, _, _ = run_node(
         comfy, "LoadMotionReference", video="offload_square.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0, custom_height=0
     )
     loaded_during = []

@@ -33,7 +33,7 @@ EXAMPLE_EMBEDDING = "reenact_example_motion.safetensors"
 
 
 def load_reference(comfy, video="none", **inputs):
-    return run_node(comfy, "LoadMotionReference", video=video, **(REFERENCE_DEFAULTS | inputs))
+    return run_node(comfy, "LoadMotionReference", video=video, **(REFERENCE_DEFAULTS | inputs))[:3]  # not the info text
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def test_svd_conditioning_on_a_non_svd_model_fails_in_the_sampler(comfy, pack, s
     SVD's 1024-wide tokens against the model's 768 (the README explains it)."""
     (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     positive, negative, latent = conditioning(comfy, svd)
-    applied = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    applied = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)[:2]
     for pos, neg in ((positive, negative), applied):
         with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(\d+x1024 and 768x\d+\)"):
             run_node(comfy, "KSampler", model=sd15_like_model, seed=0, steps=1, cfg=2.5, sampler_name="euler", scheduler="karras",
@@ -393,7 +393,7 @@ def test_an_svd_motion_on_an_svd_xt_latent_is_resampled(comfy, svd):
     (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     assert embedding.frames == 14
     positive, negative, latent = conditioning(comfy, svd, frames=25)
-    pos, neg = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     spatial = pos[0][0]
     assert spatial.shape == (25, embedding.tokens, 1024) and neg[0][0].shape == spatial.shape
     assert torch.equal(spatial[0], embedding.spatial[0]) and torch.allclose(spatial[-1], embedding.spatial[-1])

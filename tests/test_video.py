@@ -6,6 +6,7 @@ All media is generated on the fly with PyAV / Pillow: a white 16×16 square on b
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import hashlib
 import random
@@ -671,3 +672,86 @@ assert "av" not in sys.modules
     repo = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code, str(still), str(tmp_path / "clip.mp4")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ASKS-FOR-PYAV" in result.stdout, result.stdout + result.stderr
+
+
+# ---- timing and orientation (issue #26) -------------------------------------------------------------------
+
+
+def _marked_clip(path, frames=6, rate=30, width=64, height=32, rotation=0, hflip=False, vflip=False):
+    """A clip whose stored frames have a white marker in the top-left corner, with a display matrix."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(video.mp4_codec(), rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
+        for _ in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:8, :8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _brightest_corner(frame: torch.Tensor) -> str:
+    f = frame.float().mean(-1)
+    corners = {"top-left": f[:4, :4], "top-right": f[:4, -4:], "bottom-left": f[-4:, :4], "bottom-right": f[-4:, -4:]}
+    return max(corners, key=lambda k: float(corners[k].mean()))
+
+
+@pytest.mark.parametrize(
+    "rotation, hflip, vflip, size, corner, words",
+    [
+        (0, False, False, (32, 64), "top-left", ""),
+        (-90, False, False, (64, 32), "top-right", "rotated 90° clockwise"),  # a phone held upright
+        (90, False, False, (64, 32), "bottom-left", "rotated 90° counter-clockwise"),
+        (180, False, False, (32, 64), "bottom-right", "rotated 180°"),
+        (0, True, False, (32, 64), "top-right", "mirrored left-right"),  # a front camera
+        (0, False, True, (32, 64), "bottom-left", "flipped upside down"),
+        (-90, True, False, (64, 32), "top-left", "rotated 90° clockwise, then mirrored left-right"),
+    ],
+)
+def test_a_clips_display_rotation_and_mirror_are_applied_before_anything_else(tmp_path, rotation, hflip, vflip, size, corner, words):
+    """What players show, as PyAV's display matrix describes it (rotate counter-clockwise, then mirror): the
+    marker in the stored frames' top-left corner ends up where the viewer sees it, in every loaded frame,
+    and sizes/crops apply to the upright picture."""
+    path = _marked_clip(tmp_path / "clip.mp4", rotation=rotation, hflip=hflip, vflip=vflip)
+    clip = load_reference_video(path)
+    assert tuple(clip.frames.shape[1:3]) == size
+    assert {_brightest_corner(f) for f in clip.frames} == {corner}
+    assert clip.orientation == words and (words in clip.describe())
+    resized = load_reference_video(path, custom_width=size[1] // 2)  # half the upright width, aspect kept
+    assert tuple(resized.frames.shape[1:3]) == (size[0] // 2, size[1] // 2)
+    assert {_brightest_corner(f) for f in resized.frames} == {corner}
+
+
+@pytest.mark.parametrize(
+    "selection, count, fps",
+    [({}, 60, 30.0), ({"select_every_nth": 2}, 30, 15.0), ({"select_every_nth": 3, "frame_load_cap": 10}, 10, 10.0),
+     ({"skip_first_frames": 20, "frame_load_cap": 14}, 14, 30.0)],
+)
+def test_the_clip_knows_the_rate_of_the_frames_it_kept(tmp_path, selection, count, fps):
+    clip = load_reference_video(_marked_clip(tmp_path / "long.mp4", frames=60, rate=30), **selection)
+    assert clip.frames.shape[0] == count and clip.fps == pytest.approx(fps) and clip.fps_known
+    assert f"{fps:.3g} fps" in clip.describe()
+
+
+def test_frames_for_inversion_spread_or_first_and_their_frame_rate():
+    frames = torch.arange(30, dtype=torch.float32)[:, None, None, None].expand(30, 2, 2, 3) / 29
+    clip = video.ReferenceClip(frames=frames, fps=15.0, source="x", sha256="")
+    spread, spread_fps = video.frames_for_inversion(clip, 14, video.SAMPLINGS[0])
+    assert spread[0, 0, 0, 0] == 0 and spread[-1, 0, 0, 0] == 1  # the whole clip
+    assert spread_fps == pytest.approx(15.0 * 13 / 29)  # 29/15 s of motion in 13 steps
+    first, first_fps = video.frames_for_inversion(clip, 14, video.SAMPLINGS[1])
+    assert torch.equal(first, frames[:14]) and first_fps == 15.0
+    with pytest.raises(ReferenceVideoError, match="only 10 frames but 14"):
+        video.frames_for_inversion(dataclasses.replace(clip, frames=frames[:10]), 14, video.SAMPLINGS[1])
+
+
+def test_sources_without_timing_say_their_rate_is_assumed(tmp_path):
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 60,) * 3).save(folder / f"{i}.png")
+    clip = load_reference_video(folder)
+    assert not clip.fps_known and clip.fps == video.DEFAULT_FPS and "assumed" in clip.describe()

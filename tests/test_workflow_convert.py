@@ -108,10 +108,16 @@ def test_converts_links_widgets_control_and_upload_values():
     assert prompt["4"]["inputs"] == {"images": ["3", 0], "prefix": "out"}
 
 
+def test_an_optional_widget_saved_before_it_existed_gets_its_default_as_the_frontend_gives_it():
+    g, _, _, sampler, _ = basic()
+    sampler["widgets_values"].pop()  # "flag": optional, added after this workflow was saved
+    assert ui_to_api(g.workflow(), OBJECT_INFO)["3"]["inputs"]["flag"] is False
+
+
 @pytest.mark.parametrize(
     "break_it, message",
     [
-        (lambda g, ld, p, s, v: s["widgets_values"].pop(), "too few widget values"),
+        (lambda g, ld, p, s, v: s["widgets_values"].__delitem__(slice(-2, None)), "too few widget values"),  # a required one missing
         (lambda g, ld, p, s, v: s["widgets_values"].append(1), "too many widget values"),
         (lambda g, ld, p, s, v: s["widgets_values"].__setitem__(1, 3), "control_after_generate"),  # control value missing
         (lambda g, ld, p, s, v: p["widgets_values"].pop(), "upload widget"),
