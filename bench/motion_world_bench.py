@@ -98,6 +98,9 @@ def parse_args(argv=None):
         "(diagnostic: which part of the reference's look an embedding keeps; one inversion per reference and target)",
     )
     parser.add_argument("--only-target", type=int, default=-1, help="only this target scene (index; default: all)")
+    parser.add_argument("--invert-size", type=int, default=SIZE, help="invert at this frame size (the generation stays at 64x64): does the embedding's meaning survive a change of size?")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="the inversion's compute precision")
+    parser.add_argument("--fps", type=int, default=6, help="the inversion's fps conditioning (0 = the node's auto; the model was trained at 6)")
     parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)  # one worker of --jobs
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world")
@@ -136,8 +139,9 @@ class Harness:
     def default(self, name):
         return self.inversion_defaults[name][1]["default"]
 
-    def invert(self, clip, condition: Condition, seed: int, steps: int, lr: float, options: dict):
-        reference, _, _ = self.run(
+    def invert(self, clip, condition: Condition, seed: int, steps: int, lr: float, options: dict, size: int = SIZE, precision: str = "fp32",
+               fps: int = 6):
+        reference, _, _, _ = self.run(
             "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
             custom_width=0, custom_height=0, images=clip.frames,
         )
@@ -146,11 +150,11 @@ class Harness:
         tokens = self.default("tokens_per_frame") if condition.tokens == FULL else condition.tokens
         lr = condition.learning_rate or lr or self.default("learning_rate")
         started = time.perf_counter()
-        embedding, _ = self.run(
+        embedding, _, _ = self.run(
             "MotionTextualInversion", model=self.model, vae=self.vae, motion_reference=reference,
             steps=steps or self.default("steps"), learning_rate=lr, tokens_per_frame=tokens,
-            video_frames=FRAMES, width=SIZE, height=SIZE, seed=seed, fps=6, motion_bucket_id=127, augmentation_level=0.0,
-            precision="fp32", gradient_checkpointing=False, clip_vision=self.clip_vision, options=opts,
+            video_frames=FRAMES, width=size, height=size, seed=seed, fps=fps, motion_bucket_id=127, augmentation_level=0.0,
+            precision=precision, gradient_checkpointing=False, clip_vision=self.clip_vision, options=opts,
         )
         return embedding, time.perf_counter() - started
 
@@ -165,7 +169,7 @@ class Harness:
             "SVD_img2vid_Conditioning", clip_vision=self.clip_vision, init_image=first_frame[None], vae=self.vae,
             width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=0.0,
         )
-        positive, negative = self.run(
+        positive, negative, _ = self.run(
             "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength
         )
         (guided,) = self.run("VideoLinearCFGGuidance", model=self.model, min_cfg=1.0)
@@ -224,7 +228,8 @@ def run(args) -> dict:
             elif condition.name == "null context":
                 embeddings[condition.name] = (harness.oracle(clip), 0.0, None, 0.0, "")  # strength 0: the image token alone
             else:
-                embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
+                embedding, seconds = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options, args.invert_size, args.precision,
+                                                    args.fps)
                 settings = embedding.metadata["inversion_config"]  # what the node actually ran with
                 embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), seconds, settings)
         return embeddings
