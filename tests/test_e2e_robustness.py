@@ -76,10 +76,9 @@ def server(tmp_path_factory, request):
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    # The memory-growth checks read the server's RSS. glibc raises its mmap threshold after freeing a large block,
-    # so freed model copies may stay in the heap and RSS then grows 10-30% without a single live tensor more
-    # (measured: +14% with, +0.0% without, over the same three interrupted inversions). A fixed threshold makes
-    # RSS follow what is alive, which is what these tests are about.
+    # The load test reads the server's RSS. glibc raises its mmap threshold after freeing a large block, so freed
+    # model copies may stay in the heap and RSS then grows 10-30% without a single live tensor more (measured on
+    # the cancel test, which now counts live objects instead). A fixed threshold makes RSS follow what is alive.
     srv = ComfyServer(root, base, {"checkpoints": checkpoints}, python=sys.executable, block_network=True, custom_nodes=[TEST_NODES],
                       port=taken, env={"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
     start = time.monotonic()
@@ -136,6 +135,16 @@ def assert_nothing_written(server: ComfyServer, prompt: dict) -> None:
         prefix = prompt[node_id]["inputs"]["filename_prefix"]
         assert not list(folder.glob(f"{prefix}*")), f"an embedding was written for {prefix}"
     assert not [p for p in folder.rglob(".*") if p.is_file()], "a temporary file was left behind"
+
+
+def live_objects(server: ComfyServer) -> dict:
+    """The server's live SVD models and tensor bytes (test pack's ReenactTestLiveObjects)."""
+    report = server.base / "temp" / f"live_{uuid.uuid4().hex}.json"
+    entry = server.run({"1": {"class_type": "ReenactTestLiveObjects", "inputs": {"report_file": str(report)}}}, timeout=120)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    live = json.loads(report.read_text())
+    report.unlink()
+    return live
 
 
 def assert_still_serving(server: ComfyServer) -> None:
@@ -402,6 +411,7 @@ def test_cancelling_an_inversion_at_the_first_step_mid_way_and_at_the_last_step(
     assert_success(server, entry)
     before = _embedding_tensors(server, entry)
     rss_before = server.rss_bytes()
+    live_before = live_objects(server)
 
     steps = 6
     for label, interrupt_after in (("at the first step", 0), ("mid-way", steps // 2), ("at the last step", steps - 1)):
@@ -436,9 +446,16 @@ def test_cancelling_an_inversion_at_the_first_step_mid_way_and_at_the_last_step(
     assert _ran(entry, inversion), "the inversion was answered from ComfyUI's cache"
     after = _embedding_tensors(server, entry)
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
-    growth = server.rss_bytes() / rss_before - 1
-    NOTES.append(f"cancel: server RSS {rss_before / 2**30:.2f} GiB before, {100 * growth:+.1f}% after three interrupted inversions")
-    assert growth < 0.05, f"server memory grew by {100 * growth:.1f}% over three interrupted inversions"
+    # What is alive, not RSS: glibc may keep freed model copies in its heap (RSS then varied from -10% to
+    # +14% over these same steps, machine idle), and a newer ComfyUI caches outputs while RAM allows.
+    # (Each report runs as a prompt of its own, so what only ComfyUI's cache held for the last prompt may be gone.)
+    live_after = live_objects(server)
+    growth = live_after["tensor_bytes"] - live_before["tensor_bytes"]
+    NOTES.append(f"cancel: live tensors {live_before['tensor_bytes'] / 2**20:.0f} MiB before, {live_after['tensor_bytes'] / 2**20:.0f} MiB "
+                 f"after three interrupted inversions; server RSS {100 * (server.rss_bytes() / rss_before - 1):+.1f}%")
+    assert live_after["svd_models"] == live_before["svd_models"], (live_before, live_after)  # no private copy survived
+    # Far less than one private copy of the test model's UNet (~450 MiB): no activations, optimiser state or tokens kept.
+    assert growth < 32 * 2**20, f"live tensors grew by {growth / 2**20:.0f} MiB over three interrupted inversions"
 
 
 # -- saving ----------------------------------------------------------------------------------------------------

@@ -11,10 +11,15 @@
   before its first step) until the prompt is interrupted, writing ``ready_file`` when it starts waiting. A
   test waits for that file, then its POST /interrupt lands exactly there, whatever the machine's speed (and
   whatever progress messages a ComfyUI version throttles): cancelling is driven by the server's state.
+* ``ReenactTestLiveObjects`` writes, as JSON to ``report_file``, how many SVD models are alive in the server
+  (the shared one, and any private training copy that survived its inversion) and the bytes of all live
+  tensors: what memory checks need, free of the allocator's habits that make RSS a loose measure.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import socket
 import time
 
@@ -70,6 +75,40 @@ class ReenactTestPauseInversion:
         return (motion_reference,)
 
 
+class ReenactTestLiveObjects:
+    CATEGORY = "_reenact_test"
+    DESCRIPTION = "Test only: writes the number of live SVD models and the bytes of live tensors to report_file."
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"report_file": ("STRING", {"default": "", "tooltip": "Where the JSON report goes."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # always runs
+
+    def report(self, report_file):
+        import comfy.model_base
+
+        gc.collect()
+        objects = gc.get_objects()
+        models = sum(1 for o in objects if isinstance(o, comfy.model_base.SVD_img2vid))
+        storages = {}
+        for o in objects:
+            if isinstance(o, torch.Tensor):
+                try:
+                    storage = o.untyped_storage()
+                    storages[(storage.device.type, storage.data_ptr())] = storage.nbytes()
+                except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse, meta)
+                    pass
+        with open(report_file, "w") as f:
+            json.dump({"svd_models": models, "tensor_bytes": sum(storages.values())}, f)
+        return {"ui": {"text": [f"{models} SVD models"]}}
+
+
 _PAUSE: dict = {"after": None, "total": None, "ready": ""}
 _real_init = comfy.utils.ProgressBar.__init__
 _real_update = comfy.utils.ProgressBar.update_absolute
@@ -119,8 +158,13 @@ def _step(self, *args, **kwargs):
 
 torch.optim.AdamW.step = _step
 
-NODE_CLASS_MAPPINGS = {"ReenactTestOpenConnection": ReenactTestOpenConnection, "ReenactTestPauseInversion": ReenactTestPauseInversion}
+NODE_CLASS_MAPPINGS = {
+    "ReenactTestOpenConnection": ReenactTestOpenConnection,
+    "ReenactTestPauseInversion": ReenactTestPauseInversion,
+    "ReenactTestLiveObjects": ReenactTestLiveObjects,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "ReenactTestLiveObjects": "Reenact test: live models and tensors",
     "ReenactTestOpenConnection": "Reenact test: open a connection",
     "ReenactTestPauseInversion": "Reenact test: pause the next inversion",
 }
