@@ -8,11 +8,13 @@ import comfy.utils
 import torch
 
 from ..reenact_core.augment import Augmentations
+from ..reenact_core.embedding import fps_conditioning
 from ..reenact_core.inversion import (
     CONDITIONING_AUGMENTATIONS,
     LEARNING_RATE_UNITS,
     InversionConfig,
     NoTokenGradient,
+    conditioning_pixel_noise,
     convergence_verdict,
     encode_training_clips,
     initial_tokens,
@@ -70,8 +72,7 @@ class MotionInversionOptions:
             hflip=hflip, crop_scale=crop_scale, color_jitter=color_jitter, hue_shift=hue_shift, random_cond_frame=random_cond_frame,
             cond_noise=cond_noise, variants=augment_variants,
         )
-        if conditioning_augmentation not in CONDITIONING_AUGMENTATIONS:
-            raise ValueError(f"conditioning_augmentation must be one of {CONDITIONING_AUGMENTATIONS}, got {conditioning_augmentation!r}")
+        conditioning_pixel_noise(conditioning_augmentation, 0.0)  # refuses an unknown choice here, where it was set
         return (dict(config, augment=augment, conditioning_augmentation=conditioning_augmentation),)
 
 
@@ -142,12 +143,12 @@ class MotionTextualInversion:
     ):
         require_svd(model)
         options = dict(options or {})
-        pixel_noise = augmentation_level if options.pop("conditioning_augmentation", None) == CONDITIONING_AUGMENTATIONS[1] else 0.0
+        pixel_noise = conditioning_pixel_noise(options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0]), augmentation_level)
         config = InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed,
                                  conditioning_pixel_noise=pixel_noise, **options)
         frames, motion_fps = frames_for_inversion(motion_reference, video_frames, frame_sampling)
         frames = fit_frames(frames, width, height)
-        fps = fps or max(1, round(motion_fps))  # 0 = auto: SVD is told the rate the learned frames have
+        fps = fps or fps_conditioning(motion_fps)  # 0 = auto: SVD is told the rate the learned frames have
 
         # The VAE samples its latent distribution: seed that noise too, so the embedding is reproducible.
         with _seeded(seed, model.load_device):
@@ -218,7 +219,7 @@ def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: fl
     lines = [
         f"Reference: {reference.describe()}.",
         f"Learned: {frames} frames ({sampling}) at {motion_fps:.3g} fps, {(frames - 1) / motion_fps:.2f} s of motion; "
-        f"SVD's fps conditioning: {fps}" + (" (auto)." if fps == max(1, round(motion_fps)) else f" (set by hand; the frames have {motion_fps:.3g})."),
+        f"SVD's fps conditioning: {fps}" + (" (auto)." if fps == fps_conditioning(motion_fps) else f" (set by hand; the frames have {motion_fps:.3g})."),
     ]
     if sampling == SAMPLINGS[0] and reference.frames.shape[0] > frames:
         stride = (reference.frames.shape[0] - 1) / (frames - 1)

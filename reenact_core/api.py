@@ -42,7 +42,7 @@ from .diffusers_backend import (
     load_pipeline,
     to_pil,
 )
-from .embedding import MotionEmbedding, motion_timing
+from .embedding import MotionEmbedding, fps_conditioning, motion_timing
 from .fileformat import EmbeddingFileError, load_embedding, save_embedding
 from .inversion import (
     CONDITIONING_AUGMENTATIONS,
@@ -50,6 +50,7 @@ from .inversion import (
     InversionDiverged,
     InversionResult,
     StepInfo,
+    conditioning_pixel_noise,
     derived_seed,
     encode_training_clips,
     initial_tokens,
@@ -129,10 +130,7 @@ def inversion_config(
         cond_noise=options.pop("cond_noise", aug_defaults.cond_noise),
         variants=options.pop("augment_variants", aug_defaults.variants),
     )
-    conditioning = options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0])
-    if conditioning not in CONDITIONING_AUGMENTATIONS:
-        raise ValueError(f"conditioning_augmentation must be one of {CONDITIONING_AUGMENTATIONS}, got {conditioning!r}")
-    pixel_noise = augmentation_level if conditioning == CONDITIONING_AUGMENTATIONS[1] else 0.0
+    pixel_noise = conditioning_pixel_noise(options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0]), augmentation_level)
     return InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed, augment=augment,
                            conditioning_pixel_noise=pixel_noise, **options)
 
@@ -232,7 +230,7 @@ def invert_motion(
     )
     frames, motion_fps = frames_for_inversion(clip, video_frames, frame_sampling)
     frames = fit_frames(frames, width, height)
-    fps = fps or max(1, round(motion_fps))  # 0 = auto: the frame rate the learned frames have, as the node does
+    fps = fps or fps_conditioning(motion_fps)  # 0 = auto: the frame rate the learned frames have, as the node does
     pipe = _pipeline(model, device, dtype, variant)
     unet = pipe.unet
     dim = int(unet.config.cross_attention_dim)

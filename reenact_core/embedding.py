@@ -147,6 +147,11 @@ def mix(a: MotionEmbedding, b: MotionEmbedding, weight_b: float) -> MotionEmbedd
     return MotionEmbedding(spatial=spatial, temporal=temporal, metadata=meta)
 
 
+def fps_conditioning(frame_rate: float) -> int:
+    """The whole number SVD's fps conditioning takes for frames at ``frame_rate`` (at least 1)."""
+    return max(1, round(frame_rate))
+
+
 def motion_timing(embedding: MotionEmbedding, frames: int) -> dict:
     """How a motion learned over ``embedding.frames`` frames plays over ``frames``: the frame rate its frames had
     (``motion_fps`` in newer files; older ones only recorded the fps conditioning), and the rate that
@@ -156,7 +161,7 @@ def motion_timing(embedding: MotionEmbedding, frames: int) -> dict:
     stretch = (frames - 1) / (embedding.frames - 1) if embedding.frames > 1 else 1.0
     playback = learned * stretch if learned else None
     return {"learned_frames": embedding.frames, "frames": frames, "learned_fps": learned, "stretch": stretch,
-            "playback_fps": playback, "playback_fps_rounded": max(1, round(playback)) if playback else None,
+            "playback_fps": playback, "playback_fps_rounded": fps_conditioning(playback) if playback else None,
             "measured": "motion_fps" in meta}
 
 

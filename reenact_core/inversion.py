@@ -32,6 +32,14 @@ LEARNING_RATE_UNITS = ("absolute", "token spread")
 CONDITIONING_AUGMENTATIONS = ("micro-conditioning only", "noisy pixels, as SVD")
 
 
+def conditioning_pixel_noise(conditioning_augmentation: str, augmentation_level: float) -> float:
+    """InversionConfig.conditioning_pixel_noise for a CONDITIONING_AUGMENTATIONS choice: the augmentation level
+    with noisy pixels, 0 (micro-conditioning only) otherwise."""
+    if conditioning_augmentation not in CONDITIONING_AUGMENTATIONS:
+        raise ValueError(f"conditioning_augmentation must be one of {CONDITIONING_AUGMENTATIONS}, got {conditioning_augmentation!r}")
+    return augmentation_level if conditioning_augmentation == CONDITIONING_AUGMENTATIONS[1] else 0.0
+
+
 class InversionDiverged(RuntimeError):
     """The loss or the embedding became NaN/inf; the message says which setting to change."""
 

@@ -62,6 +62,20 @@ class ModelCalls:
         monkeypatch.setattr(comfy.model_base.SVD_img2vid, "apply_model", recording)
 
 
+def record_training_encodes(monkeypatch, modules, describe) -> list:
+    """Records ``describe(config, latents)`` for every encode_training_clips call the inversion node makes."""
+    seen = []
+    encode = modules["inversion"].encode_training_clips
+
+    def recording(frames, encoder, config):
+        latents = encode(frames, encoder, config)
+        seen.append(describe(config, latents))
+        return latents
+
+    monkeypatch.setattr(modules["inversion"], "encode_training_clips", recording)
+    return seen
+
+
 def differs(a, b) -> bool:
     return not (torch.equal(a.spatial, b.spatial) and torch.equal(a.temporal, b.temporal))
 
@@ -175,15 +189,7 @@ def test_per_frame_tokens_off_learns_one_token_set_for_all_frames(comfy, svd, re
 def test_augmentation_options_reach_the_encoder_field_by_field(comfy, svd, reference, monkeypatch, modules, pack):
     """Each augmentation field arrives as set (hflip's effect is random per copy, so it is checked here, and
     its flipping in test_core), and augment_variants is the number of copies encoded."""
-    seen = []
-    encode = modules["inversion"].encode_training_clips
-
-    def recording(frames, encoder, config):
-        latents = encode(frames, encoder, config)
-        seen.append((config.augment, latents.shape[0]))
-        return latents
-
-    monkeypatch.setattr(modules["inversion"], "encode_training_clips", recording)
+    seen = record_training_encodes(monkeypatch, modules, lambda config, latents: (config.augment, latents.shape[0]))
     chosen = dict(hflip=True, crop_scale=0.7, color_jitter=0.5, hue_shift=0.4, random_cond_frame=True, cond_noise=0.5)
     invert(comfy, svd, reference, steps=1, options=dict(chosen, augment_variants=3))
     invert(comfy, svd, reference, steps=1, options={"hflip": True, "augment_variants": 1})
@@ -195,15 +201,7 @@ def test_conditioning_augmentation_noisy_pixels_encodes_a_noisy_conditioning_fra
         comfy, svd, reference, monkeypatch, modules):
     """'noisy pixels, as SVD' gives the encoder one more frame (frame 0 with pixel noise of std augmentation_level)
     and the default keeps the old meaning: the level only in the micro-conditioning, no extra frame."""
-    seen = []
-    encode = modules["inversion"].encode_training_clips
-
-    def recording(frames, encoder, config):
-        latents = encode(frames, encoder, config)
-        seen.append((config.conditioning_pixel_noise, latents.shape[1]))
-        return latents
-
-    monkeypatch.setattr(modules["inversion"], "encode_training_clips", recording)
+    seen = record_training_encodes(monkeypatch, modules, lambda config, latents: (config.conditioning_pixel_noise, latents.shape[1]))
     calls = ModelCalls(monkeypatch)
     invert(comfy, svd, reference, steps=1, augmentation_level=0.3)
     plain_calls = len(calls.calls)
