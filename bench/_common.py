@@ -76,7 +76,7 @@ class Env:
     """A real ComfyUI (COMFYUI_ROOT) with the pack loaded by ComfyUI's own custom-node loader."""
 
     def __init__(self, device: str):
-        from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
+        from testkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
 
         self.device = device
         # PyTorch SDPA attention for sampling too (what ComfyUI picks on CUDA with torch 2; the
@@ -101,13 +101,13 @@ class Env:
         if key in cache:
             return cache[key]
         if model == "test":
-            from devkit.svd_checkpoint import ensure_svd_test_checkpoint
+            from testkit.svd_checkpoint import ensure_svd_test_checkpoint
 
             out = self.load_checkpoint(ensure_svd_test_checkpoint())
         elif model == "motion-world":
             name = "motion_world.safetensors"
-            if not (REPO / "models" / name).is_file():
-                raise SystemExit(f"--model motion-world: models/{name} is not in the pack (train or fetch it first)")
+            if not (REPO / "motion_world" / name).is_file():
+                raise SystemExit(f"--model motion-world: motion_world/{name} is not in the pack (train or fetch it first)")
             out = self.run("MotionWorldLoader", model_name=name)
         else:
             raise ValueError(model)
@@ -116,7 +116,7 @@ class Env:
 
     def load_checkpoint(self, path):
         """(MODEL, CLIP_VISION, VAE) of an SVD checkpoint file, by the stock ImageOnlyCheckpointLoader."""
-        from devkit.comfy_env import register_model_folder
+        from testkit.comfy_env import register_model_folder
 
         register_model_folder(self.comfy, "checkpoints", os.path.dirname(os.fspath(path)))
         return self.run("ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(os.fspath(path)))

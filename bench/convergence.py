@@ -3,7 +3,7 @@
     COMFYUI_ROOT=... python -m bench.convergence            # ~25 min on one CPU core
     COMFYUI_ROOT=... python -m bench.convergence --quick    # a smoke run (~2 min)
 
-On the Motion World model (models/motion_world.safetensors), one held-out reference motion, through
+On the Motion World model (motion_world/motion_world.safetensors), one held-out reference motion, through
 the pack's own inversion code (the node's trainable copy of the model and reenact_core.invert). Every
 variant is scored at checkpoints with the same fixed evaluation draws (the default sigma
 distribution), so the numbers are comparable across learning rates, schedules and sigma settings.
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench._common import context_dim
-from devkit.motion_world import world
+from motion_world import world
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINTS = (25, 50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1500, 2000, 3000, 4000, 5000)
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.steps, args.long = 60, 200
 
-    from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
+    from testkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
 
     comfy = load_comfyui(use_pytorch_cross_attention=True)
     pack = load_pack(comfy)

@@ -138,7 +138,7 @@ def stub_missing(packages=("av",)) -> list[str]:
 
 def prepare(current: Path | None) -> None:
     """Fill .gpu/: wheels for CPython 3.12 on manylinux x86_64, and ComfyUI source archives."""
-    from devkit.install_comfyui import install
+    from testkit.install_comfyui import install
 
     wheels = CARRY / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def worker(args) -> dict:
         import torch
 
         from bench import _common as C
-        from devkit.comfy_env import load_comfyui, load_pack, pack_submodule
+        from testkit.comfy_env import load_comfyui, load_pack, pack_submodule
 
         comfy = load_comfyui(cpu=args.cpu_dry_run, required_nodes=NEEDED_NODES)
         load_pack(comfy)
@@ -332,7 +332,7 @@ def _init_dynamic_vram() -> bool:
 def _ensure_checkpoint(path: Path, full: bool) -> Path:
     """Full-size random SVD (UNet 1.52 B + the real VAE and ViT-H CLIP vision, fp16, ~4.5 GB), built once
     for all workers; the dry run uses the tests' small checkpoint."""
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, write_checkpoint
+    from testkit.svd_checkpoint import ensure_svd_test_checkpoint, write_checkpoint
 
     if not full:
         return ensure_svd_test_checkpoint()

@@ -30,9 +30,9 @@ import numpy as np
 import safetensors
 import torch
 
-from devkit.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_OPTIONS, MOTION_WORLD_STEPS
-from devkit.motion_world import metrics, world
+from motion_world import metrics, world
 from reenact_core.inversion import InversionConfig
+from tools.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_OPTIONS, MOTION_WORLD_STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES, SIZE = 8, 64
@@ -114,13 +114,13 @@ class Harness:
     """The pack's nodes in an in-process ComfyUI, with the Motion World model loaded."""
 
     def __init__(self, model_name: str):
-        from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
+        from testkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
 
         self.comfy = load_comfyui(use_pytorch_cross_attention=True)
         self.pack = load_pack(self.comfy)
         self.run = lambda name, **kw: run_node(self.comfy, name, **kw)
         self.embedding_cls = pack_submodule(self.pack, "reenact_core.embedding").MotionEmbedding
-        bundled = Path(self.pack.__file__).parent / "models" / model_name
+        bundled = Path(self.pack.__file__).parent / "motion_world" / model_name
         if Path(model_name).name == model_name and bundled.is_file():  # through the node, as a user loads it
             self.model, self.clip_vision, self.vae = self.run("MotionWorldLoader", model_name=model_name)
             path = bundled
@@ -184,7 +184,7 @@ class Harness:
 def load_motion_encoder(path: Path):
     import safetensors.torch
 
-    from devkit.motion_world.train import MotionEncoder, TrainConfig, load_prefixed
+    from motion_world.train import MotionEncoder, TrainConfig, load_prefixed
 
     with safetensors.safe_open(str(path), framework="pt") as f:
         saved = json.loads(f.metadata()["train_config"])

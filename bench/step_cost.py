@@ -2,7 +2,7 @@
 
     COMFYUI_ROOT=... OMP_NUM_THREADS=1 python -m bench.step_cost --model test            # CPU, test checkpoint
     COMFYUI_ROOT=... OMP_NUM_THREADS=1 python -m bench.step_cost --model test --quick    # smallest (the test's)
-    COMFYUI_ROOT=... python -m bench.step_cost --model motion-world                      # models/motion_world.safetensors
+    COMFYUI_ROOT=... python -m bench.step_cost --model motion-world                      # motion_world/motion_world.safetensors
     COMFYUI_ROOT=... python -m bench.step_cost --model svd-full --out bench/results/svd_full_<gpu>.json     # GPU
     COMFYUI_ROOT=... python -m bench.step_cost --model svd-xt-full --out bench/results/svd_xt_full_<gpu>.json
     COMFYUI_ROOT=... python -m bench.step_cost --model svd-full --frames 2 --width 64 --height 64   # CPU smoke run

@@ -2,7 +2,7 @@
 
 The file holds a small image-to-video UNet built from ComfyUI's own SVD classes (so every node, sampler
 and the inversion run on it unchanged), a small autoencoder in ComfyUI's AutoencoderKL format, a tiny
-CLIP-vision tower, and their configurations as JSON metadata. Training: devkit/motion_world/train.py.
+CLIP-vision tower, and their configurations as JSON metadata. Training: motion_world/train.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from .private_model import default_devices
 
 CATEGORY = "Reenact Anything"
-MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "motion_world")
 UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_model.", "clip_vision."
 
 

@@ -23,7 +23,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 @pytest.fixture(scope="session")
 def comfy():
-    from devkit.comfy_env import load_comfyui
+    from testkit.comfy_env import load_comfyui
 
     return load_comfyui()
 
@@ -31,7 +31,7 @@ def comfy():
 @pytest.fixture(scope="session")
 def pack(comfy):
     """This repository loaded by ComfyUI's own custom-node loader; returns the pack's modules."""
-    from devkit.comfy_env import load_pack, pack_submodule
+    from testkit.comfy_env import load_pack, pack_submodule
 
     module = load_pack(comfy)
     return types.SimpleNamespace(
@@ -46,7 +46,7 @@ def pack(comfy):
 
 @pytest.fixture(scope="session")
 def svd_checkpoint(comfy):
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint
+    from testkit.svd_checkpoint import ensure_svd_test_checkpoint
 
     return ensure_svd_test_checkpoint()
 
@@ -54,7 +54,7 @@ def svd_checkpoint(comfy):
 @pytest.fixture(scope="session")
 def svd(comfy, svd_checkpoint):
     """(model, clip_vision, vae) of the test checkpoint, loaded once by the stock loader node."""
-    from devkit.comfy_env import register_model_folder, run_node
+    from testkit.comfy_env import register_model_folder, run_node
 
     register_model_folder(comfy, "checkpoints", os.path.dirname(svd_checkpoint))
     return run_node(comfy, "ImageOnlyCheckpointLoader", ckpt_name=os.path.basename(svd_checkpoint))
@@ -63,7 +63,7 @@ def svd(comfy, svd_checkpoint):
 def make_checkpoints_folder(base: Path) -> Path:
     """``base/checkpoints`` holding svd.safetensors and svd_xt.safetensors: the deterministic random-weight
     test checkpoints (built and cached on first use), linked under the names the workflows use."""
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
+    from testkit.svd_checkpoint import ensure_svd_test_checkpoint, ensure_svd_xt_test_checkpoint
 
     checkpoints = base / "checkpoints"
     checkpoints.mkdir()

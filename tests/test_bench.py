@@ -151,7 +151,7 @@ def test_motion_world_bench_inverts_per_target_with_another_reference_look(tmp_p
     """--reference-look target: each reference motion is inverted once per target, on that target's own scene
     (so the two targets' embeddings fit different clips), and --options reach the node (hue_shift is optional)."""
     from bench import motion_world_bench
-    from devkit.motion_world import world
+    from motion_world import world
 
     def run(*extra):
         out = tmp_path / "-".join(extra or ("own",))
@@ -184,7 +184,7 @@ def test_motion_world_bench_reads_the_oracle_encoder_of_files_trained_with_optio
 
     from bench import motion_world_bench
 
-    shipped = motion_world_bench.REPO / "models" / "motion_world.safetensors"
+    shipped = motion_world_bench.REPO / "motion_world" / "motion_world.safetensors"
     with safetensors.safe_open(str(shipped), framework="pt") as f:
         metadata = f.metadata()
     config = {**json.loads(metadata["train_config"]), "an_option_from_elsewhere": 0.5}

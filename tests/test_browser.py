@@ -6,12 +6,12 @@ A real ComfyUI server with the pack installed serves its frontend (the legacy on
 workflows/*.json the page loads the workflow with `app.loadGraphData`, every node type must be
 registered and no error or missing-nodes dialog may show; the pack's upload button must upload a
 video when clicked; the graph is scaled down for CPU by setting widget values in the page (the values
-of devkit/cpu_scale.py), queued with `app.queuePrompt`, and must run to the end with its outputs on
+of testkit/cpu_scale.py), queued with `app.queuePrompt`, and must run to the end with its outputs on
 disk. Uncaught page errors fail the test, and so do console errors not known to be harmless.
 
 Screenshots of each loaded workflow (before queueing) go to $REENACT_BROWSER_ARTIFACTS (default
 $REENACT_CACHE/browser)/<frontend>/: `<workflow>.png` is the graph alone (what
-devkit/make_thumbnails.py turns into workflows/<workflow>.jpg), `<workflow>.page.png` the whole page,
+tools/make_thumbnails.py turns into workflows/<workflow>.jpg), `<workflow>.page.png` the whole page,
 `<workflow>.console.json` everything the browser console said.
 """
 
@@ -30,8 +30,8 @@ import pytest
 from conftest import comfyui_root, make_checkpoints_folder
 from playwright import sync_api  # requirements-dev.txt; ./dev.sh installs it
 
-from devkit.comfy_server import PACK_FOLDER_NAME, ComfyServer, execution_error
-from devkit.cpu_scale import overrides_for
+from testkit.comfy_server import PACK_FOLDER_NAME, ComfyServer, execution_error
+from testkit.cpu_scale import overrides_for
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -426,7 +426,7 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     overrides = {str(n["id"]): overrides_for(n["type"], checkpoint) for n in workflow["nodes"]}
     overrides = {k: v for k, v in overrides.items() if v}
     assert overrides, "nothing to scale down: the CPU overrides no longer match the workflow"
-    assert page.evaluate(JS_SET_WIDGETS, overrides) == [], "widgets named in devkit/cpu_scale.py are missing"
+    assert page.evaluate(JS_SET_WIDGETS, overrides) == [], "widgets named in testkit/cpu_scale.py are missing"
     prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
     for node_id, values in overrides.items():
         for name, value in values.items():

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from devkit.toy_denoiser import ToyVideoDenoiser
 from reenact_core.augment import Augmentations, conditioning_latent, make_variants
 from reenact_core.embedding import MotionEmbedding, mix
 from reenact_core.inversion import (
@@ -25,6 +24,7 @@ from reenact_core.inversion import (
     invert,
 )
 from reenact_core.plot import pil_to_image_batch, render_loss_curve
+from testkit.toy_denoiser import ToyVideoDenoiser
 
 DIM = 32
 

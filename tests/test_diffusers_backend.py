@@ -20,11 +20,11 @@ pytest.importorskip("transformers")
 
 from tiny_svd_pipeline import DIM, FRAMES, SIZE, save_pipeline  # noqa: E402
 
-from devkit.media import moving_square_frames, target_image, write_video  # noqa: E402
 from reenact_core import api  # noqa: E402
 from reenact_core import diffusers_backend as backend  # noqa: E402
 from reenact_core.embedding import MotionEmbedding  # noqa: E402
 from reenact_core.fileformat import load_embedding, save_embedding  # noqa: E402
+from testkit.media import moving_square_frames, target_image, write_video  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "assets", "motion_embeddings", "reenact_example_motion.safetensors")
@@ -343,7 +343,7 @@ def test_an_embedding_saved_by_the_save_node_applies_here(comfy, pack, pipe, med
 
 
 def test_an_embedding_made_here_passes_the_comfyui_loader_and_apply_nodes(comfy, pack, inverted, tmp_path):
-    from devkit.comfy_env import run_node
+    from testkit.comfy_env import run_node
 
     made_here = tmp_path / "made_by_diffusers.safetensors"
     save_embedding(inverted[0].embedding, made_here)

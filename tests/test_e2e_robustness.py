@@ -1,7 +1,7 @@
 """Bad inputs, untrusted files, cancellation, no network, and load, through a real ComfyUI server's HTTP API.
 
 One server (COMFYUI_ROOT, this Python) with the pack installed, every outbound connection attempt of the
-server process refused and recorded (devkit/netguard), its temporary files in a private folder, and the
+server process refused and recorded (testkit/netguard), its temporary files in a private folder, and the
 test-only node pack tests/comfy_test_nodes (a planted network connection; a learning rate that diverges).
 Every bad input must end in a readable execution error that says what to do, write nothing, and leave
 the server serving the next prompt. The messages are the ones README.md's troubleshooting table lists
@@ -45,10 +45,10 @@ from test_e2e_server import (
     with_inversion_options,
 )
 
-from devkit.comfy_server import ComfyServer, execution_error
-from devkit.media import moving_square_frames, write_black_png, write_video
 from reenact_core.embedding import MotionEmbedding
 from reenact_core.fileformat import FORMAT_NAME, load_embedding, parse_embedding, save_embedding
+from testkit.comfy_server import ComfyServer, execution_error
+from testkit.media import moving_square_frames, write_black_png, write_video
 
 REPO = Path(__file__).resolve().parent.parent
 DIVERGING_LEARNING_RATE = 0.875  # tests/comfy_test_nodes makes AdamW write inf at exactly this rate

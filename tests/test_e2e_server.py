@@ -1,13 +1,13 @@
 """End to end: the real ComfyUI (COMFYUI_ROOT, this Python) started as a server with the pack installed,
 driven over HTTP like the frontend drives it.
 
-Every shipped workflow (workflows/*.json) is converted from its UI format (devkit.workflow_convert,
-checked against the live /object_info), scaled down for CPU (devkit.cpu_scale), queued with POST
+Every shipped workflow (workflows/*.json) is converted from its UI format (tools.workflow_convert,
+checked against the live /object_info), scaled down for CPU (testkit.cpu_scale), queued with POST
 /prompt and waited for on /history; its files are checked. Invalid prompts must come back as 400
 with node_errors, failing nodes as readable execution errors, an interrupt must end an inversion
 cleanly, and the server must keep serving after each of these.
 
-The checkpoints are the random-weight, stock-detectable SVD test checkpoints (devkit/svd_checkpoint.py),
+The checkpoints are the random-weight, stock-detectable SVD test checkpoints (testkit/svd_checkpoint.py),
 linked as svd.safetensors and svd_xt.safetensors. Timings are printed at the end of the module.
 """
 
@@ -30,10 +30,10 @@ import pytest
 from conftest import TEST_NODES, comfyui_root, make_checkpoints_folder, paused_at, wait_until_paused
 from PIL import Image, ImageSequence
 
-from devkit.comfy_server import ComfyServer, PromptRejected, execution_error
-from devkit.cpu_scale import SIZE, XT_FRAMES, overrides_for
-from devkit.workflow_convert import WorkflowError, apply_overrides, ui_to_api
 from reenact_core.fileformat import load_embedding, save_embedding
+from testkit.comfy_server import ComfyServer, PromptRejected, execution_error
+from testkit.cpu_scale import SIZE, XT_FRAMES, overrides_for
+from tools.workflow_convert import WorkflowError, apply_overrides, ui_to_api
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

@@ -19,8 +19,8 @@ import os
 import pytest
 import torch
 
-from devkit.comfy_env import pack_submodule, register_model_folder, run_node
-from devkit.media import moving_square_frames, write_video
+from testkit.comfy_env import pack_submodule, register_model_folder, run_node
+from testkit.media import moving_square_frames, write_video
 
 FRAMES = 4
 SIZE = 32

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from devkit.motion_world import metrics as M
-from devkit.motion_world import world as W
+from motion_world import metrics as M
+from motion_world import world as W
 
 
 def _training_clips(n: int, seed: int, **kw) -> list:

@@ -1,4 +1,4 @@
-"""The bundled Motion World model (models/motion_world.safetensors) in a real ComfyUI: it loads through
+"""The bundled Motion World model (motion_world/motion_world.safetensors) in a real ComfyUI: it loads through
 the pack's loader node like an SVD checkpoint, and it is a model worth measuring with: its own motion
 tokens (the oracle) move the target's sprite along a held-out trajectory far better than no motion
 information does, and the sprite survives. The full measurement (trajectory errors, all conditions,
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from devkit.comfy_env import run_node
-from devkit.make_workflows import MOTION_WORLD_CFG
-from devkit.motion_world import metrics, world
+from motion_world import metrics, world
+from testkit.comfy_env import run_node
+from tools.make_workflows import MOTION_WORLD_CFG
 
 FRAMES, SIZE = 8, 64
 MOTIONS = ("unseen_direction_up_left", "l_path_down_right")
@@ -26,9 +26,9 @@ def motion_world(comfy, pack):
 @pytest.fixture(scope="module")
 def oracle(pack):
     from bench.motion_world_bench import load_motion_encoder
-    from devkit.comfy_env import pack_submodule
+    from testkit.comfy_env import pack_submodule
 
-    encoder = load_motion_encoder(pack.module.__path__[0] + "/models/motion_world.safetensors")
+    encoder = load_motion_encoder(pack.module.__path__[0] + "/motion_world/motion_world.safetensors")
     embedding_cls = pack_submodule(pack.module, "reenact_core.embedding").MotionEmbedding
 
     def tokens(clip):

@@ -1,4 +1,4 @@
-"""devkit/motion_world/train.py, the script that trains the bundled Motion World model, in miniature: it
+"""motion_world/train.py, the script that trains the bundled Motion World model, in miniature: it
 is deterministic for a seed, it trains both contexts (motion tokens; the SVD-like variant whose context
 is an embedding of the first frame), it continues a saved file, and what it writes loads in ComfyUI
 through the pack's loader as an SVD model."""
@@ -12,13 +12,13 @@ import safetensors
 import safetensors.torch
 import torch
 
-from devkit.comfy_env import pack_submodule
+from testkit.comfy_env import pack_submodule
 
 TINY = ["--ae-steps", "2", "--ae-batch", "2", "--clips", "6", "--unet-steps", "2", "--unet-batch", "2", "--threads", "1"]
 
 
 def train(tmp_path, name: str, *extra: str):
-    from devkit.motion_world import train as train_script
+    from motion_world import train as train_script
 
     out = tmp_path / name
     train_script.main([*TINY, *extra, "--out", str(out)])
@@ -98,7 +98,7 @@ def test_decoder_stage_changes_only_the_decoder_so_the_unets_latent_space_stands
 
 
 def test_reconstruction_loss_weighs_errors_on_and_next_to_the_sprite_by_the_sprite_weight():
-    from devkit.motion_world.train import reconstruction_loss
+    from motion_world.train import reconstruction_loss
 
     target, mask = torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8)
     mask[0, 3:5, 3:5] = 1.0  # the sprite; its one-pixel ring is rows/columns 2..5
@@ -156,7 +156,7 @@ def test_training_options_train_other_weights_are_recorded_and_stay_deterministi
 
 
 def test_token_noise_scales_with_each_tokens_rms_and_is_deterministic_for_a_generator():
-    from devkit.motion_world.train import perturbed
+    from motion_world.train import perturbed
 
     tokens = torch.cat([torch.full((4000, 1, 64), 0.1), torch.full((4000, 1, 64), 10.0)], dim=1)  # [B, 2 tokens, D]
     noisy = perturbed(tokens, 0.5, torch.Generator().manual_seed(0))
@@ -166,7 +166,7 @@ def test_token_noise_scales_with_each_tokens_rms_and_is_deterministic_for_a_gene
 
 
 def test_token_merge_replaces_the_n_tokens_of_the_picked_clips_by_their_mean():
-    from devkit.motion_world.train import merged_tokens
+    from motion_world.train import merged_tokens
 
     spatial = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)  # [B, F, N, D]
     temporal = spatial[:, 0]  # [B, N, D]
@@ -178,7 +178,7 @@ def test_token_merge_replaces_the_n_tokens_of_the_picked_clips_by_their_mean():
 
 
 def test_denoising_loss_is_svds_edm_loss_and_weighs_the_sprites_latent_cells_by_the_sprite_weight():
-    from devkit.motion_world.train import denoising_loss
+    from motion_world.train import denoising_loss
 
     x0, sigma = torch.zeros(2, 4, 4, 4), torch.tensor([1.0, 2.0])
     cells = torch.zeros(2, 4, 4, dtype=torch.bool)

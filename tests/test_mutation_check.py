@@ -1,4 +1,4 @@
-"""The mutation check (devkit/mutation_check.py) stays usable: every mutation still applies to today's code
+"""The mutation check (testkit/mutation_check.py) stays usable: every mutation still applies to today's code
 and names test files that exist, and the machinery kills a mutation its tests catch."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from devkit import mutation_check
+from testkit import mutation_check
 
 
 @pytest.mark.parametrize("mutation", mutation_check.MUTATIONS, ids=lambda m: m.name)

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from devkit.comfy_env import pack_submodule, run_node
-from devkit.media import moving_square_frames, write_video
+from testkit.comfy_env import pack_submodule, run_node
+from testkit.media import moving_square_frames, write_video
 
 FRAMES, SIZE = 4, 32
 BASE_OPTIONS = dict(
@@ -165,7 +165,7 @@ def test_gradient_checkpointing_wraps_the_unet_layers_only_when_on(comfy, svd, r
 
 
 def test_clip_vision_sets_the_starting_tokens(comfy, svd, reference, baseline):
-    from devkit.svd_checkpoint import tiny_clip_vision
+    from testkit.svd_checkpoint import tiny_clip_vision
 
     assert differs(baseline, invert(comfy, svd, reference, clip_vision=tiny_clip_vision()))
 
@@ -251,7 +251,7 @@ def test_eval_draws_decides_whether_the_loss_before_and_after_is_measured(comfy,
 def conditioning(comfy, svd):
     model, clip_vision, vae = svd
     image = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
-    from devkit.svd_checkpoint import tiny_clip_vision
+    from testkit.svd_checkpoint import tiny_clip_vision
 
     return run_node(comfy, "SVD_img2vid_Conditioning", clip_vision=tiny_clip_vision(), init_image=image, vae=vae, width=SIZE,
                     height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=0.0)

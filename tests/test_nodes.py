@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from devkit.comfy_env import run_node
-from devkit.media import moving_square_frames, write_video
+from testkit.comfy_env import run_node
+from testkit.media import moving_square_frames, write_video
 
 FRAMES = 4
 SIZE = 64
@@ -29,7 +29,7 @@ def reference(comfy, pack):
 
 @pytest.fixture(scope="module")
 def tiny_clip_vision(comfy):
-    from devkit.svd_checkpoint import tiny_clip_vision
+    from testkit.svd_checkpoint import tiny_clip_vision
 
     return tiny_clip_vision()
 
@@ -119,7 +119,7 @@ def test_same_seed_same_embedding_and_no_clip_fallback(comfy, svd, reference):
 
 
 def test_inversion_refuses_a_model_that_is_not_svd(comfy, svd, reference):
-    from devkit.comfy_env import run_node as run
+    from testkit.comfy_env import run_node as run
 
     model, _, vae = svd
     sd15_like = model.clone()

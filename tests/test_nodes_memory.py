@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from devkit.comfy_env import pack_submodule, run_node
-from devkit.media import moving_square_frames, write_video
+from testkit.comfy_env import pack_submodule, run_node
+from testkit.media import moving_square_frames, write_video
 
 GIB = 2**30
 
@@ -78,7 +78,7 @@ def test_preflight_says_what_to_lower_when_it_will_not_fit(profile, denoiser_mod
 
 def test_inversion_offloads_vae_and_clip_vision(comfy, svd, pack):
     """During (and after) the loop the VAE and CLIP vision are no longer loaded models of ComfyUI."""
-    from devkit.svd_checkpoint import tiny_clip_vision
+    from testkit.svd_checkpoint import tiny_clip_vision
 
     mm = comfy.model_management
     model, _, vae = svd

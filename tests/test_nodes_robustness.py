@@ -22,8 +22,8 @@ import torch
 from PIL import Image, ImageFile
 from test_nodes import FRAMES, SIZE, conditioning, invert, weight_fingerprint
 
-from devkit.comfy_env import pack_submodule, run_node
-from devkit.media import moving_square_frames, write_black_png, write_video
+from testkit.comfy_env import pack_submodule, run_node
+from testkit.media import moving_square_frames, write_black_png, write_video
 
 # These runs are about what happens around the optimisation: the cheapest one (2 frames, no held-out
 # loss evaluation, no gradient checkpointing).
@@ -197,7 +197,7 @@ def sd15_like_model(comfy):
     from comfy.model_patcher import ModelPatcher
     from comfy.supported_models import SD15
 
-    from devkit.svd_checkpoint import init_params
+    from testkit.svd_checkpoint import init_params
 
     config = dict(
         use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False, in_channels=4, out_channels=4,
@@ -235,7 +235,7 @@ def quarter_scale_vae(comfy):
 
     from comfy.sd import VAE
 
-    from devkit.svd_checkpoint import init_params
+    from testkit.svd_checkpoint import init_params
 
     logging.disable(logging.WARNING)  # "missing VAE keys": the weights are set right below
     try:

@@ -54,11 +54,12 @@ def test_registry_archive_holds_the_pack_and_nothing_else(tracked_copy):
     code, output = run_comfy(["node", "pack"], tracked_copy)
     assert code == 0, output
     names = set(zipfile.ZipFile(tracked_copy / "node.zip").namelist())
-    for needed in ("__init__.py", "nodes/inversion.py", "reenact_core/inversion.py", "web/reenact_anything.js", "requirements.txt", "LICENSE"):
+    for needed in ("__init__.py", "nodes/inversion.py", "reenact_core/inversion.py", "web/reenact_anything.js", "requirements.txt", "LICENSE",
+                   "motion_world/motion_world.safetensors"):
         assert needed in names, needed
     assert any(n.startswith("workflows/") and n.endswith(".json") for n in names)
     assert any(n.startswith("web/docs/") for n in names)
-    assert not any(n.startswith(("tests/", "devkit/", "scripts/", "bench/", ".ci/")) or n == "dev.sh" for n in names)
+    assert not any(n.startswith(("tests/", "testkit/", "tools/", "bench/", ".ci/")) or n.startswith("motion_world/") and n.endswith(".py") or n == "dev.sh" for n in names)
 
 
 def test_project_metadata_matches_requirements_and_version():

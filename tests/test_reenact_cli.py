@@ -24,10 +24,10 @@ pytest.importorskip("transformers")
 
 from tiny_svd_pipeline import DIM, FRAMES, SIZE, save_pipeline  # noqa: E402
 
-from devkit.media import moving_square_frames, target_image, write_video  # noqa: E402
 from reenact_core import api, cli  # noqa: E402
 from reenact_core.fileformat import load_embedding  # noqa: E402
 from reenact_core.video import load_reference_video  # noqa: E402
+from testkit.media import moving_square_frames, target_image, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--video-frames", str(FRAMES), "--width", str(SIZE), "--height", str(SIZE), "--tokens-per-frame", "2", "--lr", "0.2", "-q"]

@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from devkit.comfy_env import load_comfyui, register_model_folder, run_node
-from devkit.svd_checkpoint import (
+from testkit.comfy_env import load_comfyui, register_model_folder, run_node
+from testkit.svd_checkpoint import (
     ensure_svd_test_checkpoint,
     ensure_svd_xt_test_checkpoint,
     tiny_clip_vision,

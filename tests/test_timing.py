@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from devkit.comfy_env import pack_submodule, run_node
+from testkit.comfy_env import pack_submodule, run_node
 
 SIZE = 32
 
@@ -120,7 +120,7 @@ def test_an_image_batch_says_its_frame_rate_is_assumed(comfy, pack):
 
 @pytest.fixture(scope="module")
 def conditioning(comfy, svd):
-    from devkit.svd_checkpoint import tiny_clip_vision
+    from testkit.svd_checkpoint import tiny_clip_vision
 
     _, _, vae = svd
     return run_node(comfy, "SVD_img2vid_Conditioning", clip_vision=tiny_clip_vision(), init_image=torch.rand(1, SIZE, SIZE, 3), vae=vae,

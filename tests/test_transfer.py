@@ -27,7 +27,7 @@ def harness(comfy, pack):
 @pytest.fixture(scope="module")
 def transfer(harness):
     from bench import motion_world_bench as bench
-    from devkit.motion_world import world
+    from motion_world import world
 
     targets = world.target_scenes(5, seed=SEED)
     (clip,) = [c for c in world.held_out_references(bench.FRAMES, bench.SIZE, seed=SEED, targets=targets) if c.motion.name == MOTION]

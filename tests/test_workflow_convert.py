@@ -1,4 +1,4 @@
-"""devkit.workflow_convert on small hand-made graphs: the frontend's serialisation rules (no ComfyUI
+"""tools.workflow_convert on small hand-made graphs: the frontend's serialisation rules (no ComfyUI
 needed). The shipped workflows and broken copies of them are checked against a live server's
 /object_info in test_e2e_server.py."""
 
@@ -8,8 +8,8 @@ import copy
 
 import pytest
 
-from devkit.cpu_scale import overrides_for
-from devkit.workflow_convert import WorkflowError, apply_overrides, ui_to_api
+from testkit.cpu_scale import overrides_for
+from tools.workflow_convert import WorkflowError, apply_overrides, ui_to_api
 
 # Both /object_info dialects: 2024-03 (combo = list) and 2026 (COMBO + options, input_order, control_after_generate).
 OBJECT_INFO = {

@@ -1,4 +1,4 @@
-"""The shipped workflow files are exactly what devkit/make_workflows.py builds from the live node
+"""The shipped workflow files are exactly what tools/make_workflows.py builds from the live node
 definitions, so a setting changed in the generator (and measured by the bench, which imports the same
 constants) cannot drift from the files users load."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit import make_workflows
+from tools import make_workflows
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def definitions(comfy, pack):
 @pytest.mark.parametrize("file_name", sorted(make_workflows.WORKFLOWS_TO_BUILD))
 def test_shipped_workflow_is_what_the_generator_builds(definitions, file_name):
     shipped = json.loads((make_workflows.WORKFLOWS / file_name).read_text())
-    assert shipped == make_workflows.build_workflow(definitions, file_name), f"workflows/{file_name} is stale: run `python -m devkit.make_workflows`"
+    assert shipped == make_workflows.build_workflow(definitions, file_name), f"workflows/{file_name} is stale: run `python -m tools.make_workflows`"
 
 
 def test_motion_world_workflow_inverts_with_the_setting_the_bench_measures():

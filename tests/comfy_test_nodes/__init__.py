@@ -1,7 +1,7 @@
 """A node pack for test servers only (never shipped): planted faults that prove the checks can fail.
 
 * ``ReenactTestOpenConnection`` opens a TCP connection when it runs: the planted connection that the
-  network guard (devkit/netguard) must refuse and record.
+  network guard (testkit/netguard) must refuse and record.
 * A learning rate of exactly ``DIVERGING_LEARNING_RATE`` makes every AdamW optimiser in the process
   write inf into its parameters after its second step, and ``EXPLODING_LEARNING_RATE`` writes 1e30
   (finite, but the next forward pass gives a NaN loss): learning rates that diverge, which the

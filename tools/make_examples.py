@@ -1,7 +1,7 @@
 """Regenerate the example inputs shipped in assets/ (deterministic).
 
-    python -m devkit.make_examples            # reference clip and target images (no ComfyUI needed)
-    python -m devkit.make_examples --embedding  # also the example embedding (needs COMFYUI_ROOT)
+    python -m tools.make_examples            # reference clip and target images (no ComfyUI needed)
+    python -m tools.make_examples --embedding  # also the example embedding (needs COMFYUI_ROOT)
 
 The example embedding is inverted on the random-weight test checkpoint: it exists so that the apply
 workflows run out of the box, not because its motion means anything on real SVD.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from devkit.media import write_video
+from testkit.media import write_video
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets"
 WIDTH, HEIGHT, FRAMES = 256, 144, 16
@@ -70,7 +70,7 @@ MOTION_WORLD_MOTION = "l_path_down_right"  # a held-out motion: the model never 
 
 def write_motion_world_inputs() -> None:
     """The Motion World demo's bundled reference clip (lossless, 8 frames, 64x64) and target image."""
-    from devkit.motion_world import world
+    from motion_world import world
 
     targets = world.target_scenes(5, seed=0)
     reference = next(c for c in world.held_out_references(8, 64, seed=0, targets=targets) if c.motion.name == MOTION_WORLD_MOTION)
@@ -94,8 +94,8 @@ def write_preview() -> None:
 
 
 def write_embedding() -> None:
-    from devkit.comfy_env import load_comfyui, load_pack, pack_submodule, register_model_folder, run_node
-    from devkit.svd_checkpoint import ensure_svd_test_checkpoint
+    from testkit.comfy_env import load_comfyui, load_pack, pack_submodule, register_model_folder, run_node
+    from testkit.svd_checkpoint import ensure_svd_test_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         comfy = load_comfyui(dirs=tmp)

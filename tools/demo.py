@@ -34,11 +34,11 @@ def main(argv=None) -> int:
         print("no ComfyUI: run ./dev.sh demo, or pass --comfyui /path/to/ComfyUI", file=sys.stderr)
         return 2
 
-    from devkit.comfy_server import ComfyServer, execution_error
-    from devkit.media import write_video
-    from devkit.workflow_convert import ui_to_api
     from reenact_core.fileformat import load_embedding
     from reenact_core.video import load_reference_video
+    from testkit.comfy_server import ComfyServer, execution_error
+    from testkit.media import write_video
+    from tools.workflow_convert import ui_to_api
 
     out = args.output.resolve()
     shutil.rmtree(out, ignore_errors=True)

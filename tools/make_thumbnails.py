@@ -1,6 +1,6 @@
 """Thumbnails for the shipped workflows: workflows/<name>.jpg next to workflows/<name>.json.
 
-    python -m devkit.make_thumbnails [SCREENSHOT_FOLDER]
+    python -m tools.make_thumbnails [SCREENSHOT_FOLDER]
 
 ComfyUI's template browser shows a custom node pack's workflows with the same-name .jpg. The pictures
 are screenshots of each workflow as the frontend draws it, taken by the browser test

@@ -4,7 +4,7 @@ The pack is installed the way users install it: a folder in a custom_nodes direc
 to this checkout, declared through an extra_model_paths.yaml), with models in folders declared the
 same way. The server is stopped by PID (its whole process group). Its temporary files go to a private
 folder (TMPDIR=<base>/tmp), so leaks can be counted; with ``block_network`` every outbound connection
-attempt in the server process is refused and recorded (devkit/netguard).
+attempt in the server process is refused and recorded (testkit/netguard).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train Motion World: a small SVD-interface image-to-video model on synthetic sprite motion (CPU).
 
-    COMFYUI_ROOT=... python -m devkit.motion_world.train --out models/motion_world.safetensors
+    COMFYUI_ROOT=... python -m motion_world.train --out motion_world/motion_world.safetensors
 
 Up to three stages in one run, all deterministic for a seed (the model card has the command that trained
 the shipped file):
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from devkit.motion_world import world
+from motion_world import world
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LATENT_SCALE = 0.18215  # ComfyUI's SD1.5 latent format, which SVD_img2vid uses
 FORMAT = "reenact-anything/motion-world"
 
@@ -226,7 +226,7 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
 @torch.no_grad()
 def _report_autoencoder(ae: nn.Module, cfg: TrainConfig) -> None:
     """How well positions survive the autoencoder (the benchmark measures motion on decoded frames)."""
-    from devkit.motion_world import metrics
+    from motion_world import metrics
 
     gen = torch.Generator().manual_seed(7)
     for noise in (0.0, 0.2):  # exact latents, and latents as wrong as a small UNet leaves them
@@ -533,7 +533,7 @@ def save_tensors(path: Path, tensors: dict, cfg: TrainConfig, earlier: dict | No
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "models" / "motion_world.safetensors")
+    parser.add_argument("--out", type=Path, default=REPO / "motion_world" / "motion_world.safetensors")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder instead of stage 1: a .safetensors of AutoencoderKL keys, or a Motion World file (its autoencoder)")
     parser.add_argument("--resume", type=Path, help="continue training this Motion World file (its autoencoder is kept; --unet-steps more steps)")
@@ -550,8 +550,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from devkit.comfy_env import load_comfyui, load_pack, pack_submodule
-    from devkit.svd_checkpoint import init_params
+    from testkit.comfy_env import load_comfyui, load_pack, pack_submodule
+    from testkit.svd_checkpoint import init_params
 
     comfy = load_comfyui(use_pytorch_cross_attention=True)
     pack = load_pack(comfy)

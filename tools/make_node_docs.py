@@ -1,7 +1,7 @@
 """Regenerate the node help pages (web/docs/<NodeId>.md, shown in ComfyUI's node help panel) and the
 node table in README.md from the nodes' own definitions (DESCRIPTION, tooltips, defaults).
 
-    COMFYUI_ROOT=... python -m devkit.make_node_docs
+    COMFYUI_ROOT=... python -m tools.make_node_docs
 
 tests/test_docs.py fails when these files are out of date.
 """
@@ -94,7 +94,7 @@ def expected_files(mappings: dict, display: dict, readme_text: str) -> dict[Path
 def main() -> None:
     import tempfile
 
-    from devkit.comfy_env import load_comfyui, load_pack
+    from testkit.comfy_env import load_comfyui, load_pack
 
     pack = load_pack(load_comfyui(dirs=tempfile.mkdtemp(prefix="reenact-docs-")))
     DOCS.mkdir(parents=True, exist_ok=True)

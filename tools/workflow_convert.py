@@ -305,7 +305,7 @@ def _check_link_type(node: Mapping, name: str, kind, origin: tuple[Mapping, int]
         )
 
 
-# -- scaling a prompt down (devkit.cpu_scale) --------------------------------------------------------------
+# -- scaling a prompt down (testkit.cpu_scale) --------------------------------------------------------------
 
 
 def checkpoint_for(prompt: Mapping, node_id: str) -> str | None:
@@ -326,7 +326,7 @@ def checkpoint_for(prompt: Mapping, node_id: str) -> str | None:
 
 def apply_overrides(prompt: Mapping, overrides_for: Callable[[str, str | None], Mapping], object_info: Mapping | None = None) -> dict:
     """A copy of ``prompt`` with widget values replaced by ``overrides_for(class_type, ckpt_name)``
-    (e.g. devkit.cpu_scale.overrides_for). An override for an input the node does not have, or one that
+    (e.g. testkit.cpu_scale.overrides_for). An override for an input the node does not have, or one that
     is linked, is an error (stale overrides fail loudly); with ``object_info`` the new values are checked."""
     out = copy.deepcopy(dict(prompt))
     for node_id, entry in out.items():

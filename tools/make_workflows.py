@@ -1,6 +1,6 @@
 """Regenerate the example workflows in workflows/ (ComfyUI UI format, version 0.4).
 
-    COMFYUI_ROOT=... python -m devkit.make_workflows
+    COMFYUI_ROOT=... python -m tools.make_workflows
 
 Node sockets and widget order come from the node definitions of a real ComfyUI (with this pack
 loaded), and widget values follow the frontend's serialisation rules (a control_after_generate value
@@ -299,7 +299,7 @@ MOTION_WORLD_STEPS = 300
 MOTION_WORLD_LR = 0.01
 MOTION_WORLD_OPTIONS = {"schedule": "constant"}  # Motion Inversion Options widgets that differ from the node's defaults
 MOTION_WORLD_CFG = 1.0
-MOTION_WORLD_FPS = 6  # the small model was trained with fps conditioning 6 only (devkit/motion_world/train.py)
+MOTION_WORLD_FPS = 6  # the small model was trained with fps conditioning 6 only (motion_world/train.py)
 
 
 WORKFLOWS_TO_BUILD = {
@@ -313,7 +313,7 @@ WORKFLOWS_TO_BUILD = {
 
 def node_definitions() -> dict:
     """What /object_info would serve, from an in-process ComfyUI with the pack loaded."""
-    from devkit.comfy_env import load_comfyui, load_pack
+    from testkit.comfy_env import load_comfyui, load_pack
 
     comfy = load_comfyui(dirs=tempfile.mkdtemp(prefix="reenact-workflows-"))
     load_pack(comfy)

@@ -1,8 +1,8 @@
 """Mutation check: would the suite notice a meaningful bug? (issue #30)
 
-    COMFYUI_ROOT=... python -m devkit.mutation_check              # every mutation (about 20 min on 2 cores)
-    COMFYUI_ROOT=... python -m devkit.mutation_check --only edm-weight-in-loop,mix-order
-    python -m devkit.mutation_check --list
+    COMFYUI_ROOT=... python -m testkit.mutation_check              # every mutation (about 20 min on 2 cores)
+    COMFYUI_ROOT=... python -m testkit.mutation_check --only edm-weight-in-loop,mix-order
+    python -m testkit.mutation_check --list
 
 Each mutation is one small, plausible bug in the product (an exact snippet of one file replaced) and the
 test files that should catch it. For each, the repository's tracked files are copied to a temporary
