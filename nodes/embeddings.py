@@ -8,7 +8,7 @@ import os
 import folder_paths
 import torch
 
-from ..reenact_core.embedding import MotionEmbedding, mix, motion_timing, timing_text
+from ..reenact_core.embedding import MotionEmbedding, describe_embedding, mix, motion_timing, timing_text
 from ..reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding
 from . import paths
 
@@ -61,8 +61,13 @@ class SaveMotionEmbedding:
 class LoadMotionEmbedding:
     DESCRIPTION = "Loads a saved motion embedding (.safetensors) from models/motion_embeddings/ or output/motion_embeddings/."
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MOTION_EMBEDDING",)
-    RETURN_NAMES = ("motion_embedding",)
+    RETURN_TYPES = ("MOTION_EMBEDDING", "STRING")
+    RETURN_NAMES = ("motion_embedding", "info")
+    OUTPUT_TOOLTIPS = (
+        "The loaded motion, for Apply Motion Embedding or Mix Motion Embeddings.",
+        "What the file holds and how it was learned; it starts with a warning when the file was learned on a test model "
+        "(the bundled example) and means nothing on real SVD.",
+    )
     FUNCTION = "load"
 
     @classmethod
@@ -94,7 +99,9 @@ class LoadMotionEmbedding:
         path = paths.embedding_path(embedding_name)
         if path is None:
             raise EmbeddingFileError(f"{embedding_name}: not found in models/motion_embeddings or output/motion_embeddings")
-        return (load_embedding(path),)
+        embedding = load_embedding(path)
+        info = describe_embedding(embedding)
+        return {"ui": {"text": [info]}, "result": (embedding, info)}
 
 
 class ApplyMotionEmbedding:

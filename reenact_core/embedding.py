@@ -147,6 +147,31 @@ def mix(a: MotionEmbedding, b: MotionEmbedding, weight_b: float) -> MotionEmbedd
     return MotionEmbedding(spatial=spatial, temporal=temporal, metadata=meta)
 
 
+# Set on embeddings learned on a model that is not SVD (the random-weight test checkpoint the bundled example was
+# made on): its value says why the motion means nothing on real SVD, and Load Motion Embedding shows it as a warning.
+NOT_A_REAL_MOTION_KEY = "reenact.not_a_real_motion"
+
+
+def describe_embedding(embedding: MotionEmbedding) -> str:
+    """One paragraph for a loaded file: its shape, how it was learned, and a warning first when its metadata says
+    it was learned on a stand-in model."""
+    meta = embedding.metadata
+    learned = [f"{embedding.frames} frames x {embedding.tokens} tokens x {embedding.dim}"]
+    for key, label in (("resolution", "at"), ("steps", "steps:"), ("final_loss", "final loss")):
+        if meta.get(key):
+            value = meta[key]
+            learned.append(f"{label} {float(value):.4g}" if key == "final_loss" and _positive_float(value) else f"{label} {value}")
+    fps = _positive_float(meta.get("motion_fps")) or _positive_float(meta.get("fps"))
+    if fps:
+        learned.append(f"{fps:.3g} fps")
+    text = ", ".join(learned) + "."
+    if meta.get("modelspec.title"):
+        text = f"{meta['modelspec.title']}: {text}"
+    if meta.get(NOT_A_REAL_MOTION_KEY):
+        text = f"WARNING: NOT A REAL MOTION. {meta[NOT_A_REAL_MOTION_KEY]}\n{text}"
+    return text
+
+
 def fps_conditioning(frame_rate: float) -> int:
     """The whole number SVD's fps conditioning takes for frames at ``frame_rate`` (at least 1)."""
     return max(1, round(frame_rate))

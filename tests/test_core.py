@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reenact_core.augment import Augmentations, conditioning_latent, make_variants
-from reenact_core.embedding import MotionEmbedding, mix
+from reenact_core.embedding import NOT_A_REAL_MOTION_KEY, MotionEmbedding, describe_embedding, mix
 from reenact_core.inversion import (
     InversionConfig,
     InversionDiverged,
@@ -520,3 +520,12 @@ def test_the_loop_conditions_on_the_noisy_frame_when_svds_augmentation_is_on():
         result = invert(denoiser, training, initial_tokens(4, config, torch.Generator(), dim=DIM), config)
         assert result.embedding.spatial.shape[0] == 4  # the conditioning latent is not a frame of the motion
         assert denoiser.seen and all(torch.equal(image, expected) for image in denoiser.seen), level
+
+
+def test_describe_embedding_states_shape_and_learning_and_opens_with_a_stand_in_warning():
+    plain = MotionEmbedding(torch.zeros(14, 5, 1024), torch.zeros(5, 1024), {"resolution": "1024x576", "steps": "1000",
+                                                                             "final_loss": "0.0123456", "motion_fps": "7.5"})
+    assert describe_embedding(plain) == "14 frames x 5 tokens x 1024, at 1024x576, steps: 1000, final loss 0.01235, 7.5 fps."
+    flagged = plain.with_metadata(**{NOT_A_REAL_MOTION_KEY: "Learned on a test model.", "modelspec.title": "demo"})
+    first, second = describe_embedding(flagged).split("\n")
+    assert first == "WARNING: NOT A REAL MOTION. Learned on a test model." and second.startswith("demo: 14 frames")

@@ -352,7 +352,7 @@ def test_an_embedding_made_here_passes_the_comfyui_loader_and_apply_nodes(comfy,
     shutil.copy(made_here, os.path.join(folder, made_here.name))
     name = f"diffusers_interop/{made_here.name}"
     assert name in pack.nodes.NODE_CLASS_MAPPINGS["LoadMotionEmbedding"].INPUT_TYPES()["required"]["embedding_name"][0]
-    (loaded,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=name)
+    loaded, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=name)
     assert torch.equal(loaded.spatial, inverted[0].embedding.spatial) and torch.equal(loaded.temporal, inverted[0].embedding.temporal)
     # SVD_img2vid_Conditioning-shaped conditioning (image token [1, 1, 1024] + concat latent) and a 7-frame latent
     image_token = torch.randn(1, 1, DIM)

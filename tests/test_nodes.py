@@ -140,12 +140,22 @@ def test_save_then_load_round_trips_bit_exactly(comfy, pack, inverted):
     assert relative.startswith("tests/wave_") and relative.endswith(".safetensors")
     listed = pack.nodes.NODE_CLASS_MAPPINGS["LoadMotionEmbedding"].INPUT_TYPES()["required"]["embedding_name"][0]
     assert relative in listed
-    (loaded,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=relative)
+    loaded, info = run_node(comfy, "LoadMotionEmbedding", embedding_name=relative)
     assert torch.equal(loaded.spatial, embedding.spatial) and torch.equal(loaded.temporal, embedding.temporal)
+    assert f": {embedding.frames} frames x {embedding.tokens} tokens x 1024, at 64x64" in info and "WARNING" not in info
     assert loaded.metadata["final_loss"] == embedding.metadata["final_loss"]
     # a second save never overwrites the first
     second = pack.nodes.NODE_CLASS_MAPPINGS["SaveMotionEmbedding"]().save(embedding, "tests/wave")["ui"]["text"][0]
     assert second != relative
+
+
+def test_the_bundled_example_says_on_loading_that_it_is_not_a_real_motion(comfy, pack):
+    """Workflows 2 and 4 start from the example, learned on the random-weight test model: the loader's info output (and
+    the text the pack's web extension draws on the node) opens with a warning taken from the file's metadata."""
+    out = pack.nodes.NODE_CLASS_MAPPINGS["LoadMotionEmbedding"]().load("reenact_example_motion.safetensors")
+    info = out["result"][1]
+    assert out["ui"]["text"] == [info]
+    assert info.startswith("WARNING: NOT A REAL MOTION.") and "random-weight test checkpoint" in info and "workflow 1" in info
 
 
 def test_save_prefix_cannot_escape_the_output_folder(comfy, pack, inverted):

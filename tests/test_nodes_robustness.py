@@ -219,7 +219,7 @@ def test_svd_conditioning_on_a_non_svd_model_fails_in_the_sampler(comfy, pack, s
     """Apply Motion Embedding has no MODEL input: the sampler is where the conditioning meets the model.
     There stock SVD conditioning and the applied motion fail alike, with ComfyUI's shape error naming
     SVD's 1024-wide tokens against the model's 768 (the README explains it)."""
-    (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
+    embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     positive, negative, latent = conditioning(comfy, svd)
     applied = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)[:2]
     for pos, neg in ((positive, negative), applied):
@@ -363,7 +363,7 @@ def _failing(monkeypatch, pack, how: str):
 
 @pytest.mark.parametrize("how, reason", [("disk full", "No space left on device"), ("read-only folder", "Read-only file system")])
 def test_a_failed_save_leaves_no_file_and_says_why(comfy, pack, how, reason, monkeypatch):
-    (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
+    embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     subfolder = "failing-" + how.replace(" ", "-")
     folder = os.path.join(comfy.folder_paths.get_output_directory(), "motion_embeddings", subfolder)
     with _failing(monkeypatch, pack, how), pytest.raises(pack.fileformat.EmbeddingFileError) as info:
@@ -377,7 +377,7 @@ def test_a_failed_save_leaves_no_file_and_says_why(comfy, pack, how, reason, mon
 
 
 def test_a_folder_in_the_way_of_a_save_gives_a_clear_error(comfy, pack):
-    (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
+    embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     blocker = os.path.join(comfy.folder_paths.get_output_directory(), "motion_embeddings", "blocked")
     os.makedirs(os.path.dirname(blocker), exist_ok=True)
     with open(blocker, "w") as f:
@@ -390,7 +390,7 @@ def test_a_folder_in_the_way_of_a_save_gives_a_clear_error(comfy, pack):
 
 
 def test_an_svd_motion_on_an_svd_xt_latent_is_resampled(comfy, svd):
-    (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
+    embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     assert embedding.frames == 14
     positive, negative, latent = conditioning(comfy, svd, frames=25)
     pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
@@ -413,7 +413,7 @@ def test_an_embedding_with_another_token_width_is_refused_where_it_is_applied(co
 def test_an_embedding_applied_to_a_text_conditioning_is_refused(comfy, pack, svd):
     """SD1.5's text conditioning (77 tokens of 768) and SD2.x's (77 of 1024: the width matches SVD's, but
     it carries no image latent) are not SVD's conditioning."""
-    (embedding,) = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
+    embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     _, _, latent = conditioning(comfy, svd)
     sd15 = [[torch.zeros(1, 77, 768), {}]]
     sd2 = [[torch.zeros(1, 77, 1024), {"pooled_output": torch.zeros(1, 1024)}]]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reenact_core.embedding import NOT_A_REAL_MOTION_KEY
 from testkit.media import write_video
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets"
@@ -119,6 +120,9 @@ def write_embedding() -> None:
                 "modelspec.description": "Inverted on a random-weight SVD test checkpoint so that the example workflows run "
                 "out of the box. Its motion means nothing on real SVD: invert your own reference.",
                 "modelspec.date": "2026-11-22T00:00:00+00:00",
+                NOT_A_REAL_MOTION_KEY: "Learned on a random-weight test checkpoint so that the example workflows run out "
+                "of the box: on real SVD it moves nothing meaningfully. Learn your own motion with workflow 1 "
+                "(reenact_1_invert_motion) and load that file instead.",
             }
         )
         fileformat = pack_submodule(pack, "reenact_core.fileformat")
