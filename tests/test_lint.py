@@ -115,3 +115,43 @@ def test_the_check_finds_planted_calls(source):
 @pytest.mark.parametrize("source", ALLOWED)
 def test_the_check_allows_safe_calls(source):
     assert forbidden_calls(source) == []
+
+
+# -- the import direction: development code uses the product, never the reverse -----------------------------------------
+
+PRODUCT = ("__init__.py", "nodes", "reenact_core")
+DEVELOPMENT = {"testkit", "tools", "motion_world", "bench", "tests"}
+
+
+def imported_top_levels(source: str, package: tuple[str, ...]) -> set[str]:
+    """The top-level names ``source`` imports, relative imports resolved against ``package`` (its folder's parts)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                names.add((node.module or "").split(".")[0])
+            else:
+                base = package[: len(package) - (node.level - 1)]
+                parts = [*base, *(node.module.split(".") if node.module else [])] or [a.name for a in node.names]
+                names.add(parts[0])
+    return names
+
+
+def product_files() -> list[Path]:
+    return [p for p in source_files() if p.relative_to(REPO).parts[0] in PRODUCT]
+
+
+def test_the_product_never_imports_development_code():
+    files = product_files()
+    assert {"__init__.py", "nodes", "reenact_core"} == {p.relative_to(REPO).parts[0] for p in files}
+    for path in files:
+        wrong = imported_top_levels(path.read_text(), path.relative_to(REPO).parent.parts) & DEVELOPMENT
+        assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}: tooling and tests use the product, never the reverse"
+
+
+def test_the_import_check_sees_relative_imports():
+    assert imported_top_levels("from ..testkit import media\n", ("nodes",)) == {"testkit"}
+    assert imported_top_levels("from .. import tools\n", ("nodes",)) == {"tools"}
+    assert imported_top_levels("from ..reenact_core.embedding import mix\nfrom . import paths\n", ("nodes",)) == {"reenact_core", "nodes"}
