@@ -4,8 +4,8 @@ One server (COMFYUI_ROOT, this Python) with the pack installed, every outbound c
 server process refused and recorded (testkit/netguard), its temporary files in a private folder, and the
 test-only node pack tests/comfy_test_nodes (a planted network connection; a learning rate that diverges).
 Every bad input must end in a readable execution error that says what to do, write nothing, and leave
-the server serving the next prompt. The messages are the ones README.md's troubleshooting table lists
-(checked by test_readme_lists_every_case). Timings are printed at the end of the module.
+the server serving the next prompt. The messages are the ones docs/errors.md lists (checked by
+test_readme_lists_every_case). Timings are printed at the end of the module.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ EXPLODING_LEARNING_RATE = 0.625  # ... and 1e30 (the next loss is NaN) at this o
 TIMINGS: dict[str, float] = {}
 NOTES: list[str] = []
 
-# Messages of the cases below that are not in REFERENCE_CASES / EMBEDDING_CASES (README quotes them all).
+# Messages of the cases below that are not in REFERENCE_CASES / EMBEDDING_CASES (docs/errors.md quotes them all).
 ONE_FRAME = "a single image has no motion to learn"
 OTHER_WIDTH = "-wide tokens: connect the outputs of SVD_img2vid_Conditioning"
 DIVERGED = "the embedding became non-finite at step"
@@ -614,7 +614,7 @@ def no_network_during_the_test(request):
     assert attempts == [], "\n".join(a["call"] + " " + a["target"] + "\n" + "".join(a["stack"][-8:]) for a in attempts)
 
 
-# -- the README lists every case ---------------------------------------------------------------------------------------
+# -- docs/errors.md lists every case (the README links it) -------------------------------------------------------------
 
 
 def test_readme_lists_every_case():
@@ -623,8 +623,8 @@ def test_readme_lists_every_case():
 
 
 def assert_in_troubleshooting(fragments: list[str]) -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Troubleshooting") :]
-    section = section[: section.index("\n## ", 5)]
+    """Every fragment is quoted in docs/errors.md (the whole page), which the README's Troubleshooting links."""
+    errors = (REPO / "docs" / "errors.md").read_text()
+    assert "docs/errors.md" in (REPO / "README.md").read_text(), "the README no longer links docs/errors.md"
     for fragment in fragments:
-        assert fragment in section, f"README's troubleshooting table does not quote {fragment!r}"
+        assert fragment in errors, f"docs/errors.md does not quote {fragment!r}"

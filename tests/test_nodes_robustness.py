@@ -2,7 +2,7 @@
 (see tests/test_e2e_robustness.py for the same through a server's HTTP API).
 
 Every node call runs under torch.inference_mode(), as ComfyUI's executor runs it. The messages checked
-here are the ones README.md's troubleshooting table documents.
+here are the ones docs/errors.md documents.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def test_inversion_refuses_a_real_non_svd_model(comfy, pack, svd, reference, sd1
 def test_svd_conditioning_on_a_non_svd_model_fails_in_the_sampler(comfy, pack, svd, sd15_like_model):
     """Apply Motion Embedding has no MODEL input: the sampler is where the conditioning meets the model.
     There stock SVD conditioning and the applied motion fail alike, with ComfyUI's shape error naming
-    SVD's 1024-wide tokens against the model's 768 (the README explains it)."""
+    SVD's 1024-wide tokens against the model's 768 (docs/errors.md explains it)."""
     embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     positive, negative, latent = conditioning(comfy, svd)
     applied = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)[:2]

@@ -1,5 +1,6 @@
 """Regenerate the node help pages (web/docs/<NodeId>.md, shown in ComfyUI's node help panel) and the
-node table in README.md from the nodes' own definitions (DESCRIPTION, tooltips, defaults).
+node table in README.md (one row per node, linking its help page) from the nodes' own definitions
+(DESCRIPTION, tooltips, defaults).
 
     COMFYUI_ROOT=... python -m tools.make_node_docs
 
@@ -74,11 +75,17 @@ def node_page(node_id: str, cls, display_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_sentence(text: str) -> str:
+    """The description's first sentence (up to a full stop followed by a capital letter)."""
+    match = re.search(r"(?<=[.!?])\s+(?=[A-Z])", text)
+    return text[: match.start()] if match else text
+
+
 def readme_table(mappings: dict, display: dict) -> str:
-    lines = [START, "", "| Node | Inputs (what they do: hover them in ComfyUI, or open the node's help page) |", "| --- | --- |"]
+    """One row per node; the inputs are on each node's help page (web/docs/<NodeId>.md), which the table links."""
+    lines = [START, "", "| Node | ID (help page) | What it does |", "| --- | --- | --- |"]
     for node_id, cls in mappings.items():
-        inputs = "; ".join(f"`{name}`: {tooltip}" for name, _, _, tooltip, _ in _inputs(node_id, cls))
-        lines.append(f"| **{display[node_id]}** (`{node_id}`) — {cls.DESCRIPTION} | {inputs} |")
+        lines.append(f"| **{display[node_id]}** | [`{node_id}`](web/docs/{node_id}.md) | {first_sentence(cls.DESCRIPTION)} |")
     return "\n".join(lines + ["", END])
 
 
