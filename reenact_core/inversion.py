@@ -51,7 +51,7 @@ class NoTokenGradient(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class InversionConfig:
-    # Defaults from bench/convergence.py (README, "How many steps"): a high learning rate decayed to zero
+    # Defaults from bench/convergence.py (docs/development.md, "How many steps"): a high learning rate decayed to zero
     # reaches the loss of the published recipe (lr 1e-2 constant, 5000 steps) in a fifth of the steps.
     steps: int = 1000
     learning_rate: float = 0.3
