@@ -42,7 +42,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT = {"width": 1600, "height": 1000}  # the layout rules hold at this window size
 SHOT_SCALE, SHOT_MARGIN = 0.75, 24  # graph screenshots (thumbnail material)
 RUN_TIMEOUT = 420.0
 UPLOAD_NAME = "reenact_browser_upload.mp4"
@@ -196,6 +196,146 @@ JS_UPLOAD_BUTTON = """async () => {
   return [rect.left + rect.width / 2, rect.top + rect.height / 2];
 }"""
 
+# -- layout: what the canvas shows ----------------------------------------------------------------------
+
+# Every node's rectangle as drawn (title bar included) and its minimum size for its slots and widgets, every
+# group's, in graph units; the view; the frontend's text threshold (the new frontends hide node text below
+# LiteGraph.Canvas.MinFontSizeForLOD / (NODE_TEXT_SIZE * sqrt(devicePixelRatio)), 8 / 14 by default; the
+# legacy litegraph below a fixed 0.6); and where the page covers the canvas.
+JS_LAYOUT = """() => {
+  const canvas = app.canvas, el = canvas.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
+  const nodes = (app.graph._nodes ?? app.graph.nodes).map((n) => {
+    const min = n.computeSize ? n.computeSize() : n.size;
+    return {
+      id: n.id, type: n.type, title: n.title,
+      rect: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title],
+      min: [min[0], min[1]],
+      text: n.widgets?.find((w) => w.name === "reenact_output_text")?.text ?? null,
+    };
+  });
+  const groups = (app.graph._groups ?? app.graph.groups ?? []).map((g) => ({ title: g.title, rect: [...(g._bounding ?? g.bounding)].slice(0, 4) }));
+  const rect = el.getBoundingClientRect();
+  canvas.updateLowQualityThreshold?.();
+  return {
+    nodes, groups,
+    view: { scale: canvas.ds.scale, offset: [...canvas.ds.offset] },
+    canvas: [rect.left, rect.top, rect.width, rect.height],
+    threshold: canvas._lowQualityZoomThreshold ?? 0.6,
+    lowQuality: canvas.low_quality ?? canvas.ds.scale < 0.6,
+    newFrontend: !!window.__COMFYUI_FRONTEND_VERSION__,
+  };
+}"""
+
+# The frontend's own Fit View (the new frontends' "Zoom to fit", Comfy.Canvas.FitView), waited for until
+# its animation has settled.
+JS_FIT_VIEW = """async () => {
+  await app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  const frame = () => new Promise((r) => requestAnimationFrame(() => r()));
+  let last = null, still = 0;
+  for (let i = 0; i < 600 && still < 5; i++) {
+    await frame();
+    const now = JSON.stringify([app.canvas.ds.scale, ...app.canvas.ds.offset]);
+    still = now === last ? still + 1 : 0;
+    last = now;
+  }
+  app.canvas.setDirty(true, true);
+  await frame(); await frame();
+}"""
+
+# Which nodes the page covers at the current view: for points over each node's rectangle, the topmost element
+# must be the canvas or a node's own DOM widget (a Note's text); anything else (the sidebar, the tab bar, a
+# menu) covers the node. Points outside the window count as covered too.
+JS_COVERED = """() => {
+  const canvas = app.canvas, el = canvas.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
+  const rect = el.getBoundingClientRect(), s = canvas.ds.scale, [ox, oy] = canvas.ds.offset;
+  const nodes = app.graph._nodes ?? app.graph.nodes;
+  const own = [];
+  for (const n of nodes) for (const w of n.widgets || []) {
+    const dom = w.element ?? w.inputEl;
+    if (dom instanceof HTMLElement) own.push(dom);
+  }
+  const covered = [];
+  for (const n of nodes) {
+    const x0 = n.pos[0], y0 = n.pos[1] - title, w = n.size[0], h = n.size[1] + title;
+    const problems = new Set();
+    for (let i = 0; i <= 4; i++) for (let j = 0; j <= 4; j++) {
+      const x = rect.left + (x0 + (w * (0.02 + 0.96 * i / 4)) + ox) * s;
+      const y = rect.top + (y0 + (h * (0.02 + 0.96 * j / 4)) + oy) * s;
+      if (x < 0 || y < 0 || x >= window.innerWidth || y >= window.innerHeight) { problems.add("off screen"); continue; }
+      const hit = document.elementFromPoint(x, y);
+      if (hit === el || own.some((d) => d.contains(hit)) || hit?.closest?.(".dom-widget")) continue;
+      problems.add(hit ? `${hit.tagName.toLowerCase()}.${[...hit.classList].slice(0, 3).join(".")}` : "nothing");
+    }
+    if (problems.size) covered.push(`${n.id} ${n.type}: ${[...problems].join(", ")}`);
+  }
+  return covered;
+}"""
+
+
+def _overlaps(layout: dict) -> list[str]:
+    """Pairs of nodes whose rectangles (title bars included) intersect, and nodes smaller than their own
+    slots and widgets need (the frontend draws those past the node's edge, over whatever is there)."""
+    problems = []
+    nodes = layout["nodes"]
+    for i, a in enumerate(nodes):
+        ax, ay, aw, ah = a["rect"]
+        if a["min"][1] + LITEGRAPH_TITLE > ah + 0.5 or a["min"][0] > aw + 0.5:
+            problems.append(f"node {a['id']} ({a['type']}) is {aw:.0f}x{ah - LITEGRAPH_TITLE:.0f}, smaller than its content ({a['min'][0]:.0f}x{a['min'][1]:.0f})")
+        for b in nodes[i + 1:]:
+            bx, by, bw, bh = b["rect"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                problems.append(f"node {a['id']} ({a['type']}) {_fmt(a['rect'])} overlaps node {b['id']} ({b['type']}) {_fmt(b['rect'])}")
+    return problems
+
+
+def _outside_groups(layout: dict) -> list[str]:
+    """Nodes that reach out of a group they are partly in (a node is in a group when it overlaps it), and
+    groups that overlap each other."""
+    problems = []
+    for node in layout["nodes"]:
+        x, y, w, h = node["rect"]
+        for group in layout["groups"]:
+            gx, gy, gw, gh = group["rect"]
+            overlaps = x < gx + gw and gx < x + w and y < gy + gh and gy < y + h
+            inside = gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh
+            if overlaps and not inside:
+                problems.append(f"node {node['id']} ({node['type']}) {_fmt(node['rect'])} reaches out of group '{group['title']}' {_fmt(group['rect'])}")
+    groups = layout["groups"]
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["rect"], b["rect"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                problems.append(f"group '{a['title']}' overlaps group '{b['title']}'")
+    return problems
+
+
+def _fmt(rect) -> str:
+    return "[" + ", ".join(f"{v:.0f}" for v in rect) + "]"
+
+
+LITEGRAPH_TITLE = 30  # LiteGraph.NODE_TITLE_HEIGHT in every frontend tested
+
+
+def _check_view(page, what: str) -> dict:
+    """At the current view: zoom at or above the frontend's text threshold, every node on screen and
+    uncovered. Returns the view for the record."""
+    layout = page.evaluate(JS_LAYOUT)
+    scale, threshold = layout["view"]["scale"], layout["threshold"]
+    assert not layout["lowQuality"] and scale >= threshold, (
+        f"{what}: zoom {scale:.3f} is below the frontend's text threshold {threshold:.3f}: node titles and widgets are not drawn"
+    )
+    covered = page.evaluate(JS_COVERED)
+    assert not covered, f"{what} (zoom {scale:.3f}): nodes off screen or under the page's panels:\n" + "\n".join(covered)
+    return {"scale": round(scale, 4), "threshold": round(threshold, 4)}
+
+
+def _check_layout(page, when: str) -> dict:
+    layout = page.evaluate(JS_LAYOUT)
+    problems = _overlaps(layout) + _outside_groups(layout)
+    assert not problems, f"{when}:\n" + "\n".join(problems)
+    return layout
+
+
 JS_WIDGET_VALUE = """([type, name]) => (app.graph._nodes ?? app.graph.nodes).find((n) => n.type === type).widgets.find((w) => w.name === name).value"""
 
 
@@ -304,6 +444,39 @@ def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_fi
     assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
 
 
+@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_layout_on_the_canvas(server, browser, artifacts_root, workflow_path):
+    """Opened in a 1600x1000 window, a workflow shows all of it, readable: no node overlaps another or
+    reaches out of its group, and in the new frontends both the view saved in the file and the frontend's
+    Fit View show every node uncovered (not under the sidebar or the tab bar) at a zoom where node text is
+    drawn. The legacy frontend keeps its own view on loading a workflow and has no Fit View: there only the
+    overlaps are checked. After a run the same holds (test_workflow_runs_in_the_browser)."""
+    workflow = json.loads(workflow_path.read_text())
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        page.goto(server.url, wait_until="networkidle")
+        page.wait_for_function(JS_READY, timeout=60_000)
+        page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
+        page.wait_for_load_state("networkidle")
+        _rendered(page)
+        _rendered(page)
+        folder = artifacts_root / _frontend_label(page)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{workflow_path.stem}.layout.json").write_text(json.dumps(page.evaluate(JS_LAYOUT), indent=2))
+        layout = _check_layout(page, "as loaded")
+        record = {"frontend": folder.name, "threshold": layout["threshold"]}
+        if layout["newFrontend"]:
+            record["saved view"] = _check_view(page, "the view saved in the workflow")
+            page.evaluate(JS_FIT_VIEW)
+            record["fit view"] = _check_view(page, "Fit View")
+            page.screenshot(path=str(folder / f"{workflow_path.stem}.fit.png"))
+        print(f"{workflow_path.stem}: {json.dumps(record)}")
+        (folder / f"{workflow_path.stem}.views.json").write_text(json.dumps(record, indent=2))
+    finally:
+        context.close()
+
+
 # Every websocket message the page receives, recorded from before the frontend starts (both frontends
 # talk to ComfyUI over one websocket), so the test waits for what the page has seen, not for a time.
 JS_RECORD_WEBSOCKET = """
@@ -369,6 +542,7 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     page.wait_for_load_state("networkidle")  # the new frontend checks models and node packs after loading
     _rendered(page)
     page.screenshot(path=str(folder / f"{stem}.page.png"))
+    _check_layout(page, "as loaded")
     nodes = {str(n["id"]): n for n in page.evaluate(JS_GRAPH_STATE)}
     assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), "the page's graph has other nodes than the file"
     unknown = [n["type"] for n in nodes.values() if not n["registered"] or n["has_errors"]]
@@ -387,7 +561,11 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
         if node["type"] == "LoadMotionReference":
             buttons = [w for w in node["widgets"] if w["type"] == "button"]
             assert [w["name"] for w in buttons] == ["upload video"], "the pack's upload button is missing"
-            assert node["widgets"][-1]["type"] == "button" and not buttons[0]["serialize"]
+            # The pack's widgets (the button, the text shown after a run) come after the node's own and are
+            # never serialised: saved widget values keep their places in every frontend.
+            own = [i for i, w in enumerate(node["widgets"]) if w["serialize"]]
+            added = node["widgets"][max(own) + 1:]
+            assert [w["type"] for w in added] == ["button", "reenact_text"] and not any(w["serialize"] for w in added)
 
     # -- screenshot of the graph alone (thumbnail material) -------------------------------------------
     # The page grows to hold the whole graph at the workflows' own zoom (75 %; both frontends draw
@@ -446,6 +624,17 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     page.wait_for_function(JS_PROMPT_DONE, arg=prompt_id, timeout=60_000)
     _rendered(page)
     assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the page shows an error after the run"
+
+    # -- what the run shows on the nodes: nothing grew over anything, the saved file's name is on Save Motion
+    # Embedding -------------------------------------------------------------------------------------------
+    layout = _check_layout(page, "after the run")
+    page.screenshot(path=str(folder / f"{stem}.after.page.png"))
+    for node in layout["nodes"]:
+        if node["type"] == "SaveMotionEmbedding":
+            (info,) = entry["outputs"][str(node["id"])]["motion_embeddings"]
+            assert node["text"] and info["filename"] in node["text"], f"Save Motion Embedding shows {node['text']!r}, not the file it saved"
+        elif node["type"] in ("MotionTextualInversion", "ApplyMotionEmbedding", "LoadMotionReference"):
+            assert node["text"], f"node {node['id']} ({node['type']}) shows no text after the run"
 
     # -- outputs on disk --------------------------------------------------------------------------------
     _check_outputs(server, workflow, overrides, entry)

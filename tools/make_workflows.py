@@ -22,7 +22,44 @@ from reenact_core.inversion import InversionConfig  # the node's defaults
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-NODE_WIDTH = 330
+NODE_WIDTH = 280
+
+# Layout on the canvas (graph units). Each node's size is at least what both the legacy frontend and the
+# current one need for its slots and widgets (measured by tests/test_browser.py, which fails on a node
+# smaller than its content), including the pack's text widget (web/reenact_anything.js: TEXT_LINES) and
+# the room an image shown on the node takes after a run (the legacy frontend grows a node to 220 below its
+# last widget for an image; Motion Textual Inversion's live loss curve and the animated WEBP are sized in
+# from the start, so a run grows nothing over its neighbours).
+TITLE = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
+GAP = 20  # between a node and the title bar of the one below it
+COLUMN_GAP = 30
+GROUP_PAD = 10
+GROUP_TITLE = 40  # a group's title bar (font size 24)
+GROUP_GAP = 20
+IMAGE_ROOM = 226  # below the last widget, for an image the node shows
+SIZES = {  # (width, height without the title bar)
+    "ImageOnlyCheckpointLoader": (370, 100),
+    "MotionWorldLoader": (NODE_WIDTH, 100),
+    "LoadMotionReference": (NODE_WIDTH, 326),
+    "MotionInversionOptions": (NODE_WIDTH, 470),
+    "MotionTextualInversion": (NODE_WIDTH, 500 + IMAGE_ROOM),
+    "SaveMotionEmbedding": (NODE_WIDTH, 110),
+    "PreviewImage": (NODE_WIDTH, 40 + IMAGE_ROOM),
+    "LoadMotionEmbedding": (NODE_WIDTH, 145),
+    "LoadImage": (NODE_WIDTH, 335),
+    "SVD_img2vid_Conditioning": (NODE_WIDTH, 222),
+    "ApplyMotionEmbedding": (NODE_WIDTH, 238),
+    "VideoLinearCFGGuidance": (NODE_WIDTH, 62),
+    "KSampler": (NODE_WIDTH, 266),
+    "VAEDecode": (NODE_WIDTH, 50),
+    "SaveAnimatedWEBP": (NODE_WIDTH, 158 + IMAGE_ROOM),
+}
+# The saved view: the graph fitted into a 1600x1000 window, clear of the new frontends' sidebar (left) and
+# tab bar (top), never above 100 %.
+VIEW_WINDOW = (1600, 1000)
+VIEW_CLEAR = (80, 70, 30, 50)  # left, top, right, bottom
+# Group colours from LiteGraph's palette (LGraphCanvas.node_colors[...].groupcolor).
+GROUP_COLORS = {"reference": "#3f789e", "learn": "#b58b2a", "apply": "#8A8", "output": "#a1309b", "motion": "#88A"}
 
 # Defaults for real SVD: the paper's / ComfyUI's settings where known.
 SVD = "svd.safetensors"
@@ -37,6 +74,7 @@ class Graph:
         self.definitions = definitions
         self.nodes: list[dict] = []
         self.links: list[list] = []
+        self.groups: list[dict] = []
 
     def _inputs(self, class_type: str) -> list[tuple[str, object, dict]]:
         spec = self.definitions[class_type]["input"]
@@ -78,12 +116,12 @@ class Graph:
             {"name": name, "type": kind, "links": [], "slot_index": i}
             for i, (kind, name) in enumerate(zip(definition["output"], definition.get("output_name") or definition["output"], strict=True))
         ]
-        height = 46 + 24 * (len(values) + max(len(inputs), len(outputs)))
+        size = SIZES.get(class_type) or (NODE_WIDTH, 46 + 24 * (len(values) + max(len(inputs), len(outputs))))
         node = {
             "id": node_id,
             "type": class_type,
             "pos": [pos[0], pos[1]],
-            "size": [NODE_WIDTH, height],
+            "size": list(size),
             "flags": {},
             "order": node_id - 1,
             "mode": 0,
@@ -97,15 +135,42 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def note(self, text: str, pos: tuple[float, float], size: tuple[float, float] = (420, 220), title: str = "Note") -> dict:
+    def note(self, text: str, size: tuple[float, float], title: str = "Note", warning: bool = False) -> dict:
         node_id = len(self.nodes) + 1
         node = {
-            "id": node_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
+            "id": node_id, "type": "Note", "pos": [0, 0], "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
             "inputs": [], "outputs": [], "title": title, "properties": {"text": ""}, "widgets_values": [text],
-            "color": "#432", "bgcolor": "#653",
+            "color": "#322" if warning else "#432", "bgcolor": "#533" if warning else "#653",
         }
         self.nodes.append(node)
         return node
+
+    def group(self, title: str, color: str, columns: list[list[dict]], x: float, y: float) -> list[float]:
+        """Places `columns` (top to bottom each, left to right) in a titled group whose top-left corner is
+        (x, y); returns the group's [x, y, width, height]."""
+        left, bottom = x + GROUP_PAD, y
+        for column in columns:
+            top = y + GROUP_TITLE + GROUP_PAD
+            for node in column:
+                node["pos"] = [left, top + TITLE]
+                top += TITLE + node["size"][1] + GAP
+            bottom = max(bottom, top - GAP + GROUP_PAD)
+            left += max(node["size"][0] for node in column) + COLUMN_GAP
+        bounding = [x, y, left - COLUMN_GAP + GROUP_PAD - x, bottom - y]
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": bounding, "color": color, "font_size": 24, "flags": {}})
+        return bounding
+
+    def view(self) -> dict:
+        """The view saved with the workflow: all of it, as large as fits the window's clear part."""
+        rects = [[n["pos"][0], n["pos"][1] - TITLE, n["size"][0], n["size"][1] + TITLE] for n in self.nodes] + [g["bounding"] for g in self.groups]
+        x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+        x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+        left, top, right, bottom = VIEW_CLEAR
+        width, height = VIEW_WINDOW[0] - left - right, VIEW_WINDOW[1] - top - bottom
+        scale = min(1.0, width / (x1 - x0), height / (y1 - y0))
+        # centred in the clear part; the canvas draws graph point p at (p + offset) * scale
+        offset = [(left + (width - (x1 - x0) * scale) / 2) / scale - x0, (top + (height - (y1 - y0) * scale) / 2) / scale - y0]
+        return {"scale": round(scale, 4), "offset": [round(v, 1) for v in offset]}
 
     def connect(self, source: dict, output: str | int, target: dict, input_name: str) -> None:
         slot = output if isinstance(output, int) else next(i for i, o in enumerate(source["outputs"]) if o["name"] == output)
@@ -123,9 +188,9 @@ class Graph:
             "last_link_id": len(self.links),
             "nodes": self.nodes,
             "links": self.links,
-            "groups": [],
+            "groups": self.groups,
             "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}},
+            "extra": {"ds": self.view()},
             "version": 0.4,
         }
 
@@ -141,20 +206,22 @@ class Graph:
             n["order"] = done.index(n["id"])
 
 
-# -- the pieces every workflow shares --------------------------------------------------------------
+# -- the pieces every workflow shares (nodes are placed afterwards, by the workflow's layout) -----------
+
+ORIGIN = (0.0, 0.0)
 
 
-def checkpoint(g: Graph, pos, name=SVD):
-    return g.add("ImageOnlyCheckpointLoader", pos, ckpt_name=name)
+def checkpoint(g: Graph, name=SVD):
+    return g.add("ImageOnlyCheckpointLoader", ORIGIN, ckpt_name=name)
 
 
-def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14, reference_file: str = REFERENCE, **settings) -> tuple[dict, dict]:
-    reference = g.add("LoadMotionReference", (x, y), video=reference_file)
+def inversion(g: Graph, ckpt: dict, video_frames: int = 14, reference_file: str = REFERENCE, **settings) -> tuple[dict, dict]:
+    reference = g.add("LoadMotionReference", ORIGIN, video=reference_file)
     widgets = dict(
         steps=InversionConfig.steps, learning_rate=InversionConfig.learning_rate, tokens_per_frame=5, video_frames=video_frames, width=512, height=288, seed=0, fps=0,
         motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True,
     )
-    invert = g.add("MotionTextualInversion", (x + 370, y), **dict(widgets, **settings))
+    invert = g.add("MotionTextualInversion", ORIGIN, **dict(widgets, **settings))
     g.connect(ckpt, "MODEL", invert, "model")
     g.connect(ckpt, "VAE", invert, "vae")
     g.connect(ckpt, "CLIP_VISION", invert, "clip_vision")
@@ -162,19 +229,24 @@ def inversion(g: Graph, ckpt: dict, x: float, y: float, video_frames: int = 14, 
     return reference, invert
 
 
+def outputs_of_inversion(g: Graph, invert: dict, prefix: str = "motion") -> tuple[dict, dict]:
+    save = g.add("SaveMotionEmbedding", ORIGIN, filename_prefix=prefix)
+    preview = g.add("PreviewImage", ORIGIN, title="Loss curve")
+    g.connect(invert, "motion_embedding", save, "motion_embedding")
+    g.connect(invert, "loss_curve", preview, "images")
+    return save, preview
+
+
 def generation(
-    g: Graph, ckpt: dict, motion: tuple[dict, str], target: str, x: float, y: float, frames=14, prefix="reenact/result", seed=0, size=(1024, 576),
-    cfg=2.5,
-) -> dict:
-    image = g.add("LoadImage", (x, y), image=target)
-    cond = g.add(
-        "SVD_img2vid_Conditioning", (x + 370, y), width=size[0], height=size[1], video_frames=frames, motion_bucket_id=127, fps=6, augmentation_level=0.0
-    )
-    apply = g.add("ApplyMotionEmbedding", (x + 740, y), strength=1.0)
-    guidance = g.add("VideoLinearCFGGuidance", (x + 740, y + 260), min_cfg=1.0)
-    sampler = g.add("KSampler", (x + 1110, y), seed=seed, steps=20, cfg=cfg, sampler_name="euler", scheduler="karras", denoise=1.0)
-    decode = g.add("VAEDecode", (x + 1480, y))
-    save = g.add("SaveAnimatedWEBP", (x + 1480, y + 120), filename_prefix=prefix, fps=6.0, lossless=False, quality=85, method="default")
+    g: Graph, ckpt: dict, motion: tuple[dict, str], target: str, frames=14, prefix="reenact/result", seed=0, size=(1024, 576), cfg=2.5,
+) -> dict[str, dict]:
+    image = g.add("LoadImage", ORIGIN, image=target)
+    cond = g.add("SVD_img2vid_Conditioning", ORIGIN, width=size[0], height=size[1], video_frames=frames, motion_bucket_id=127, fps=6, augmentation_level=0.0)
+    apply = g.add("ApplyMotionEmbedding", ORIGIN, strength=1.0)
+    guidance = g.add("VideoLinearCFGGuidance", ORIGIN, min_cfg=1.0)
+    sampler = g.add("KSampler", ORIGIN, seed=seed, steps=20, cfg=cfg, sampler_name="euler", scheduler="karras", denoise=1.0)
+    decode = g.add("VAEDecode", ORIGIN)
+    save = g.add("SaveAnimatedWEBP", ORIGIN, filename_prefix=prefix, fps=6.0, lossless=False, quality=85, method="default")
     g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
     g.connect(ckpt, "VAE", cond, "vae")
     g.connect(image, "IMAGE", cond, "init_image")
@@ -190,103 +262,132 @@ def generation(
     g.connect(sampler, "LATENT", decode, "samples")
     g.connect(ckpt, "VAE", decode, "vae")
     g.connect(decode, "IMAGE", save, "images")
-    return save
+    return {"image": image, "cond": cond, "apply": apply, "guidance": guidance, "sampler": sampler, "decode": decode, "save": save}
 
 
-INVERT_NOTE = """Learn a motion (motion-textual inversion)
+def right_of(rect: list[float]) -> float:
+    return rect[0] + rect[2] + GROUP_GAP
 
-SVD stays frozen; only the motion tokens are optimised on your reference clip.
 
-Knobs that matter:
-- steps / learning_rate: 1000 steps at 0.3 (decayed to zero) reach the loss of the published 5000-step recipe. Fewer steps: a rougher fit. If the loss curve jumps about, lower the learning rate to 0.1.
-- width x height: the optimisation resolution. 512x288 is ~4x faster than 1024x576 and the embedding applies at any size, somewhat less faithfully: invert at the generation size when it fits.
-- fps 0 (auto) tells SVD the frame rate the learned frames really have; frame_sampling picks the whole clip spread over video_frames, or its first frames at the filmed rate. The report output says what was learned.
-- tokens_per_frame: more tokens capture finer motion (5 is the paper's default).
+def below(rect: list[float]) -> float:
+    return rect[1] + rect[3] + GROUP_GAP
 
-The loss curve should fall and flatten. Saved files go to output/motion_embeddings/ and appear in Load Motion Embedding."""
 
-APPLY_NOTE = """Apply a motion to any image
+INVERT_NOTE = """Learn a motion from your clip
 
-The target image gives the look (SVD's image latent); the motion embedding replaces SVD's image embedding, frame by frame.
+SVD stays frozen; only the motion tokens are learned.
 
-Knobs that matter:
+- steps / learning_rate: 1000 at 0.3 is the recipe. A loss curve that jumps about: learning rate 0.1.
+- width x height: 512x288 is ~4x faster than 1024x576; the motion applies at any size.
+- fps 0 (auto): SVD is told the rate the learned frames really have. frame_sampling: the whole clip, or its first frames at the filmed rate.
+- tokens_per_frame: 5 (the paper's).
+
+The loss curve should fall and flatten; the node shows its verdict. The file goes to output/motion_embeddings/ and appears in Load Motion Embedding."""
+
+APPLY_NOTE = """Apply the motion to an image
+
+The image gives the look; the motion embedding replaces SVD's image embedding, frame by frame.
+
 - strength: 0 = plain SVD, 1 = the learned motion, above 1 exaggerates it.
-- fps: the info output says at which frame rate the motion was learned and how fast it plays over this many frames; keep_speed sets SVD's fps for that speed. motion_bucket_id: keep what the motion was learned with (127).
-- video_frames: any count; the motion is resampled in time.
+- fps / keep_speed: the node shows the rate the motion was learned at and how fast it plays over these frames. motion_bucket_id: keep 127.
+- video_frames: any count; the motion is resampled in time."""
 
-The bundled example embedding was made on a random-weight test model: it only proves the graph runs. Pick one you learned with the invert workflow."""
+EXAMPLE_WARNING = """PICK YOUR OWN MOTION HERE
+
+The bundled reenact_example_motion.safetensors was learned on a random-weight TEST model. On real SVD it moves nothing meaningful: it only shows that the graph runs.
+
+Learn a motion from your clip with workflow 1 (reenact_1_invert_motion): Save Motion Embedding writes it to output/motion_embeddings/ and it appears in this list."""
 
 
 def workflow_invert(g: Graph) -> None:
-    ckpt = checkpoint(g, (0, 0))
-    _, invert = inversion(g, ckpt, 0, 180)
-    save = g.add("SaveMotionEmbedding", (800, 0), filename_prefix="motion")
-    preview = g.add("PreviewImage", (800, 160), title="Loss curve")
-    g.connect(invert, "motion_embedding", save, "motion_embedding")
-    g.connect(invert, "loss_curve", preview, "images")
-    g.note(INVERT_NOTE, (0, 700), (720, 330))
+    ckpt = checkpoint(g)
+    reference, invert = inversion(g, ckpt)
+    save, preview = outputs_of_inversion(g, invert)
+    note = g.note(INVERT_NOTE, (400, SIZES["MotionTextualInversion"][1]))
+    ref = g.group("Reference", GROUP_COLORS["reference"], [[ckpt, reference]], 0, 0)
+    g.group("Learn the motion", GROUP_COLORS["learn"], [[invert], [save, preview], [note]], right_of(ref), 0)
+
+
+def _apply_groups(g: Graph, parts: dict, x: float, y: float, note: dict | None = None, title: str = "Apply to a target") -> list[float]:
+    """The generation's nodes in an 'Apply' group (three columns, the note under the sampler) and an
+    'Output' group right of it; returns the bounding box of both."""
+    third = [parts["sampler"]] + ([note] if note else [])
+    apply = g.group(title, GROUP_COLORS["apply"], [[parts["image"], parts["guidance"]], [parts["cond"], parts["apply"]], third], x, y)
+    out = g.group("Output", GROUP_COLORS["output"], [[parts["decode"], parts["save"]]], right_of(apply), y)
+    return [x, y, out[0] + out[2] - x, max(apply[3], out[3])]
 
 
 def workflow_apply(g: Graph) -> None:
-    ckpt = checkpoint(g, (0, 0))
-    motion = g.add("LoadMotionEmbedding", (0, 180), embedding_name=EXAMPLE_EMBEDDING)
-    generation(g, ckpt, (motion, "motion_embedding"), TARGETS[0], 0, 320)
-    g.note(APPLY_NOTE, (0, 760), (720, 330))
+    ckpt = checkpoint(g)
+    motion = g.add("LoadMotionEmbedding", ORIGIN, embedding_name=EXAMPLE_EMBEDDING)
+    parts = generation(g, ckpt, (motion, "motion_embedding"), TARGETS[0])
+    note = g.note(APPLY_NOTE, (NODE_WIDTH, 300))
+    warning = g.note(EXAMPLE_WARNING, (370, 290), title="The example motion moves nothing on real SVD", warning=True)
+    left = g.group("Model and motion", GROUP_COLORS["motion"], [[ckpt, motion, warning]], 0, 0)
+    _apply_groups(g, parts, right_of(left), 0, note)
 
 
 def workflow_invert_and_apply(g: Graph) -> None:
-    ckpt = checkpoint(g, (0, 0))
-    _, invert = inversion(g, ckpt, 0, 180)
-    save = g.add("SaveMotionEmbedding", (800, 0), filename_prefix="motion")
-    preview = g.add("PreviewImage", (800, 160), title="Loss curve")
-    g.connect(invert, "motion_embedding", save, "motion_embedding")
-    g.connect(invert, "loss_curve", preview, "images")
-    generation(g, ckpt, (invert, "motion_embedding"), TARGETS[0], 0, 700, prefix="reenact/target_1", seed=0)
-    generation(g, ckpt, (invert, "motion_embedding"), TARGETS[1], 0, 1160, prefix="reenact/target_2", seed=1)
-    g.note(INVERT_NOTE, (1200, 0), (720, 330), title="Invert")
-    g.note(APPLY_NOTE, (1960, 0), (720, 330), title="Apply")
+    ckpt = checkpoint(g)
+    reference, invert = inversion(g, ckpt)
+    save, preview = outputs_of_inversion(g, invert)
+    first = generation(g, ckpt, (invert, "motion_embedding"), TARGETS[0], prefix="reenact/target_1", seed=0)
+    second = generation(g, ckpt, (invert, "motion_embedding"), TARGETS[1], prefix="reenact/target_2", seed=1)
+    invert_note = g.note("Learns the motion of the reference clip (workflow 1's note says which settings matter), then applies it to two images.",
+                         (370, 120), title="Invert")
+    apply_note = g.note("strength: 0 = plain SVD, 1 = the learned motion, above 1 exaggerates it. Workflow 2's note has the rest.",
+                        (NODE_WIDTH, 100), title="Apply")
+    ref = g.group("Reference", GROUP_COLORS["reference"], [[ckpt, invert_note], [reference]], 0, 0)
+    g.group("Learn the motion", GROUP_COLORS["learn"], [[invert], [save, preview]], 0, below(ref))
+    columns = lambda parts, note=None: [  # noqa: E731
+        [parts["image"], parts["guidance"]], [parts["cond"], parts["apply"]], [parts["sampler"], parts["decode"]] + ([note] if note else []), [parts["save"]],
+    ]
+    top = g.group("Apply to target 1", GROUP_COLORS["apply"], columns(first, apply_note), right_of(ref), 0)
+    g.group("Apply to target 2", GROUP_COLORS["apply"], columns(second), right_of(ref), below(top))
 
 
 def workflow_svd_xt(g: Graph) -> None:
-    ckpt = checkpoint(g, (0, 0), SVD_XT)
-    motion = g.add("LoadMotionEmbedding", (0, 180), embedding_name=EXAMPLE_EMBEDDING)
-    generation(g, ckpt, (motion, "motion_embedding"), TARGETS[1], 0, 320, frames=25, prefix="reenact/svd_xt")
-    g.note(
-        "SVD-XT (25 frames) with a motion learned at 14 frames\n\nApply Motion Embedding resamples the per-frame tokens in time to the "
-        "latent's 25 frames (linear interpolation, first and last frames kept), so a 14-frame motion covers the same path, more finely. "
-        "Learn at 25 frames directly with Motion Textual Inversion's video_frames = 25 and svd_xt.safetensors.\n\n" + APPLY_NOTE,
-        (0, 760), (720, 400),
+    ckpt = checkpoint(g, SVD_XT)
+    motion = g.add("LoadMotionEmbedding", ORIGIN, embedding_name=EXAMPLE_EMBEDDING)
+    parts = generation(g, ckpt, (motion, "motion_embedding"), TARGETS[1], frames=25, prefix="reenact/svd_xt")
+    note = g.note(
+        "SVD-XT (25 frames) with a motion learned at 14 frames\n\nApply Motion Embedding resamples the per-frame tokens to the latent's 25 "
+        "frames (first and last kept): the same path, more finely. To learn at 25 frames, invert with video_frames = 25 and svd_xt.safetensors.",
+        (NODE_WIDTH, 300),
     )
+    warning = g.note(EXAMPLE_WARNING, (370, 290), title="The example motion moves nothing on real SVD", warning=True)
+    left = g.group("Model and motion", GROUP_COLORS["motion"], [[ckpt, motion, warning]], 0, 0)
+    _apply_groups(g, parts, right_of(left), 0, note)
 
 
 MOTION_WORLD_NOTE = """Motion World: the whole method on CPU in a minute
 
-Load Motion World is a small SVD-interface model trained on synthetic sprite motion (8 frames, 64x64). It stands in for svd.safetensors: every other node is the same as with real SVD.
+Load Motion World is a small SVD-interface model trained on synthetic sprite motion (8 frames, 64x64); it stands in for svd.safetensors.
 
-The reference shows a sprite moving along an L-path, a motion the model never saw in training. Motion Textual Inversion learns it; Apply Motion Embedding replays it on a different sprite, colour and background.
+The reference sprite moves along an L-path the model never saw. Motion Textual Inversion learns it; Apply Motion Embedding replays it on another sprite, colour and background.
 
-Inversion runs at learning rate 0.01, kept constant after warm-up (schedule = constant in Motion Inversion Options): on this small model that transfers the motion better than the node's default (0.3, decayed to zero), which fits the reference more closely but overfits it. For real SVD, start from the defaults.
+Learning rate 0.01, constant (Motion Inversion Options) and cfg 1.0 suit this small model. For real SVD, start from the defaults (0.3 decayed; cfg 2.5).
 
-The sampler runs at cfg 1.0: on this small model guidance saturates colours. With real SVD, use cfg 2.5.
-
-Swap Load Motion World for Image Only Checkpoint Loader + svd.safetensors (and sizes for SVD) to do the same with real SVD."""
+Swap Load Motion World for Image Only Checkpoint Loader + svd.safetensors (and SVD's sizes) to do the same with real SVD."""
 
 
 def workflow_motion_world(g: Graph) -> None:
-    loader = g.add("MotionWorldLoader", (0, 0), model_name="motion_world.safetensors")
-    _, invert = inversion(
-        g, loader, 0, 180, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
+    loader = g.add("MotionWorldLoader", ORIGIN, model_name="motion_world.safetensors")
+    reference, invert = inversion(
+        g, loader, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
         learning_rate=MOTION_WORLD_LR, width=64, height=64, gradient_checkpointing=False, fps=MOTION_WORLD_FPS,
     )
-    options = g.add("MotionInversionOptions", (0, 480), **MOTION_WORLD_OPTIONS)
+    options = g.add("MotionInversionOptions", ORIGIN, **MOTION_WORLD_OPTIONS)
     g.connect(options, "options", invert, "options")
-    save = g.add("SaveMotionEmbedding", (800, 0), filename_prefix="motion_world/l_path")
-    preview = g.add("PreviewImage", (800, 160), title="Loss curve")
-    g.connect(invert, "motion_embedding", save, "motion_embedding")
-    g.connect(invert, "loss_curve", preview, "images")
-    generation(g, loader, (invert, "motion_embedding"), "reenact_motion_world_target.png", 0, 1000, frames=8, prefix="reenact/motion_world",
-               size=(64, 64), cfg=MOTION_WORLD_CFG)
-    g.note(MOTION_WORLD_NOTE, (1200, 0), (720, 400), title="Motion World")
+    save, preview = outputs_of_inversion(g, invert, "motion_world/l_path")
+    parts = generation(g, loader, (invert, "motion_embedding"), "reenact_motion_world_target.png", frames=8, prefix="reenact/motion_world",
+                       size=(64, 64), cfg=MOTION_WORLD_CFG)
+    note = g.note(MOTION_WORLD_NOTE, (NODE_WIDTH, 560), title="Motion World")
+    ref = g.group("Reference", GROUP_COLORS["reference"], [[loader, reference, note]], 0, 0)
+    learn = g.group("Learn the motion", GROUP_COLORS["learn"], [[invert], [options, save, preview]], right_of(ref), 0)
+    apply = g.group("Apply to a target", GROUP_COLORS["apply"], [[parts["image"], parts["cond"], parts["guidance"]], [parts["apply"], parts["sampler"]]],
+                    right_of(learn), 0)
+    g.group("Output", GROUP_COLORS["output"], [[parts["decode"], parts["save"]]], right_of(apply), 0)
 
 
 # Settings for the small model, measured with bench/motion_world_bench.py (which uses them): the published
