@@ -132,13 +132,17 @@ JS_SET_WIDGETS = """(values) => {
   return missing;
 }"""
 
-# The graph's bounds in graph units (title bars included).
+# The graph's bounds in graph units (title bars and groups included).
 JS_GRAPH_BOUNDS = """() => {
   const title = LiteGraph.NODE_TITLE_HEIGHT;
   let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
   for (const n of app.graph._nodes ?? app.graph.nodes) {
     x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
     x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  for (const g of app.graph._groups ?? app.graph.groups ?? []) {
+    const [x, y, w, h] = g._bounding ?? g.bounding;
+    x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
   }
   return [x0, y0, x1, y1];
 }"""
