@@ -9,10 +9,19 @@ video when clicked; the graph is scaled down for CPU by setting widget values in
 of testkit/cpu_scale.py), queued with `app.queuePrompt`, and must run to the end with its outputs on
 disk. Uncaught page errors fail the test, and so do console errors not known to be harmless.
 
+The layout on the canvas, in a 1600x1000 window (test_workflow_layout_on_the_canvas, and again after each
+run): no node overlaps another or is smaller than its slots and widgets need, every node in a group is
+inside it, and in the new frontends the view saved in the file and the frontend's own Fit View show every
+node uncovered by the page's panels at a zoom where node text is drawn (the frontend hides it below
+LiteGraph.Canvas.MinFontSizeForLOD / (NODE_TEXT_SIZE * sqrt(devicePixelRatio)) = 8 / 14 by default). After
+a run, Save Motion Embedding shows the saved file's name on the node.
+
 Screenshots of each loaded workflow (before queueing) go to $REENACT_BROWSER_ARTIFACTS (default
 $REENACT_CACHE/browser)/<frontend>/: `<workflow>.png` is the graph alone (what
 tools/make_thumbnails.py turns into workflows/<workflow>.jpg), `<workflow>.page.png` the whole page,
-`<workflow>.console.json` everything the browser console said.
+`<workflow>.console.json` everything the browser console said; the layout test adds `<workflow>.fit.png`
+(the page at Fit View), `<workflow>.layout.json` (node and group rectangles) and `<workflow>.views.json`
+(the zooms measured); the run test `<workflow>.after.page.png`.
 """
 
 from __future__ import annotations
