@@ -57,7 +57,7 @@ SIZES = {  # (width, height without the title bar)
 # The saved view: the graph fitted into a 1600x1000 window, clear of the new frontends' sidebar (left) and
 # tab bar (top), never above 100 %.
 VIEW_WINDOW = (1600, 1000)
-VIEW_CLEAR = (80, 70, 30, 50)  # left, top, right, bottom
+VIEW_CLEAR = (80, 135, 30, 50)  # left, top, right, bottom: frontend 1.32.9 draws a banner, the tabs, the workflow name and the Run bar down to 127 px
 # Group colours from LiteGraph's palette (LGraphCanvas.node_colors[...].groupcolor).
 GROUP_COLORS = {"reference": "#3f789e", "learn": "#b58b2a", "apply": "#8A8", "output": "#a1309b", "motion": "#88A"}
 
