@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from motion_world import world
+from motion_world import classes, world
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT_SCALE = 0.18215  # ComfyUI's SD1.5 latent format, which SVD_img2vid uses
@@ -77,6 +77,8 @@ def clip_vision_config(context_dim: int) -> dict:
 class TrainConfig:
     seed: int = 0
     context: str = "motion"  # "motion" (default model) or "appearance" (SVD-like variant)
+    world: str = "sprites"  # "sprites": any sprite makes any motion; "classes": each sprite class its own motion family
+    # (motion_world/classes.py, issue #28: the world where an appearance-only context can carry motion, as in real video)
     frames: int = 8
     size: int = 64
     context_dim: int = 64
@@ -137,8 +139,13 @@ class MotionEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def render_batch(rng: np.random.Generator, count: int, frames: int, size: int):
-    clips = [world.sample_training_clip(rng, frames, size) for _ in range(count)]
+WORLDS = {"sprites": world.sample_training_clip, "classes": classes.sample_training_clip}
+
+
+def render_batch(rng: np.random.Generator, count: int, frames: int, size: int, world_name: str = "sprites"):
+    if world_name not in WORLDS:
+        raise ValueError(f"unknown world {world_name!r}; expected one of {sorted(WORLDS)}")
+    clips = [WORLDS[world_name](rng, frames, size) for _ in range(count)]
     pixels = torch.stack([c.frames for c in clips])  # [B, F, H, W, 3]
     masks = torch.stack([c.masks for c in clips])  # [B, F, H, W] sprite coverage
     feats = [world.trajectory_features((c.centers - c.centers[0]).numpy() / size, c.scales.numpy(), _bg_shift(c, size)) for c in clips]
@@ -205,7 +212,7 @@ def train_autoencoder(cfg: TrainConfig, build_vae, init_params) -> nn.Module:
         for g in opt.param_groups:
             g["lr"] = lr
         # one random frame from each of ae_batch clips: many scenes per batch, not a few clips' frames
-        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size, cfg.world)
         picked = torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))
         x = pixels[picked]
         with autocast(cfg):
@@ -246,7 +253,7 @@ def _report_autoencoder(ae: nn.Module, cfg: TrainConfig) -> None:
 def _make_deterministic_and_scaled(ae: nn.Module, cfg: TrainConfig) -> None:
     """No posterior noise (ComfyUI samples the posterior when encoding), and latent std = 1/0.18215."""
     rng = np.random.default_rng(cfg.seed + 1)
-    pixels, *_ = render_batch(rng, 64, cfg.frames, cfg.size)
+    pixels, *_ = render_batch(rng, 64, cfg.frames, cfg.size, cfg.world)
     std = float(ae_encode_mean(ae, pixels.flatten(0, 1)).std())
     factor = (1.0 / LATENT_SCALE) / std
     z = ae.quant_conv.weight.shape[0] // 2
@@ -275,7 +282,7 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
     for step in range(cfg.decoder_steps):
         for g in opt.param_groups:
             g["lr"] = cfg.decoder_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
-        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size)
+        pixels, _, _, masks = render_batch(rng, cfg.ae_batch, cfg.frames, cfg.size, cfg.world)
         picked = torch.arange(cfg.ae_batch), torch.from_numpy(rng.integers(0, cfg.frames, cfg.ae_batch))
         x, mask = pixels[picked], masks[picked]
         with torch.no_grad():
@@ -285,7 +292,7 @@ def finetune_decoder(cfg: TrainConfig, ae: nn.Module, denoiser=None) -> nn.Modul
         z = z + std * torch.randn(z.shape, generator=gen)
         unet_clips = round(cfg.decoder_on_unet * cfg.ae_batch / cfg.frames)
         if denoiser is not None and unet_clips:  # whole clips, as the UNet sees them; every frame is decoded
-            clip_pixels, per_frame, summary, clip_masks = render_batch(rng, unet_clips, cfg.frames, cfg.size)
+            clip_pixels, per_frame, summary, clip_masks = render_batch(rng, unet_clips, cfg.frames, cfg.size, cfg.world)
             with torch.no_grad():
                 raw = ae_encode_mean(ae, clip_pixels.flatten(0, 1)).unflatten(0, clip_pixels.shape[:2])
                 log_sigma = math.log(0.05) + (math.log(1.5) - math.log(0.05)) * torch.rand(unet_clips, generator=gen)
@@ -314,7 +321,7 @@ def build_dataset(cfg: TrainConfig, ae: nn.Module):
     rng = np.random.default_rng(cfg.seed + 2)
     latents, per_frame, summary, first_frames, sprite_cells = [], [], [], [], []
     for start in range(0, cfg.clips, 100):
-        pixels, pf, sm, masks = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size)
+        pixels, pf, sm, masks = render_batch(rng, min(100, cfg.clips - start), cfg.frames, cfg.size, cfg.world)
         latents.append(ae_encode_mean(ae, pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2]))
         per_frame.append(pf)
         summary.append(sm)
@@ -547,6 +554,8 @@ def main(argv=None) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if cfg.unet_steps == 0 and not args.resume:
         parser.error("--unet-steps 0 trains no UNet: give the Motion World file whose UNet to keep with --resume FILE")
+    if cfg.world not in WORLDS:
+        parser.error(f"--world {cfg.world}: expected one of {sorted(WORLDS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -3,6 +3,8 @@ overlaps, sub-pixel tracking, and metrics that score the ideal transfer perfectl
 
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 import torch
@@ -213,3 +215,40 @@ def test_strip_png(tmp_path):
     path = M.strip([c.frames for c in clips], ["a", "b"], tmp_path / "strip.png", zoom=1, label_width=40)
     im = Image.open(path)
     assert im.size == (40 + 8 * 66, 2 * 66)
+
+
+# -- the class-coupled world (issue #28) --------------------------------------------------------------------------------
+
+
+def test_class_coupled_world_each_class_makes_only_its_family_never_held_out():
+    from motion_world import classes as C
+
+    rng = np.random.default_rng(5)
+    clips = [C.sample_training_clip(rng) for _ in range(80)]
+    share = C.family_share(clips)
+    assert set(share) == {c.name for c in C.CLASSES}
+    assert all(share[c.name] == {c.family: 1.0} for c in C.CLASSES)
+    assert not any(W.is_held_out(c.motion) or c.motion.family == C.NO_CLASS_FAMILY for c in clips)
+    for clip in clips:  # the look says the class: its shape and a hue in its band
+        sprite_class = C.class_of(clip.scene)
+        hue = colorsys.rgb_to_hsv(*clip.scene.sprite_color)[0]
+        lo, hi = sprite_class.hue
+        assert lo <= hue <= hi or lo <= hue - 1 <= hi, (sprite_class.name, hue)
+        assert not clip.clipped.any()
+
+
+def test_class_coupled_test_pairs_cross_classes_and_cover_the_questions():
+    from motion_world import classes as C
+
+    pairs = C.test_pairs(120, seed=0)
+    assert len(pairs) == 120
+    assert all(C.class_of(p.reference.scene) != C.class_of(p.target) for p in pairs)
+    kinds = {(p.kind, p.held_out) for p in pairs}
+    assert {("family", False), ("family", True), ("no family", False)} <= kinds
+    for p in pairs:
+        family = p.reference.motion.family
+        assert (family == C.NO_CLASS_FAMILY) == (p.kind == "no family")
+        assert p.kind == "no family" or family == C.class_of(p.reference.scene).family
+    again = C.test_pairs(120, seed=0)
+    assert all(torch.equal(a.reference.frames, b.reference.frames) and a.target == b.target for a, b in zip(pairs, again, strict=True))
+    assert not torch.equal(pairs[0].reference.frames, C.test_pairs(1, seed=1)[0].reference.frames)

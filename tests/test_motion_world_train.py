@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import safetensors
 import safetensors.torch
@@ -198,3 +199,20 @@ def test_no_unet_steps_without_a_model_to_keep_says_what_to_give(tmp_path, capsy
         train(tmp_path, "x.safetensors", "--unet-steps", "0", "--decoder-steps", "2")
     assert "--unet-steps 0" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_class_coupled_world_trains_and_is_recorded(tmp_path, motion_model):
+    motion_path, _, _ = motion_model
+    _, _, metadata = train(tmp_path, "classes.safetensors", "--world", "classes", "--context", "appearance", "--autoencoder", str(motion_path))
+    assert json.loads(metadata["train_config"])["world"] == "classes" and metadata["context"] == "appearance"
+
+
+def test_render_batch_draws_from_the_world_it_is_given():
+    from motion_world import classes
+    from motion_world.train import render_batch
+
+    pixels, *_ = render_batch(np.random.default_rng(0), 3, 8, 64, "classes")
+    assert pixels.shape == (3, 8, 64, 64, 3)
+    with pytest.raises(ValueError):
+        render_batch(np.random.default_rng(0), 1, 8, 64, "nowhere")
+    assert classes.CLASSES
