@@ -237,18 +237,18 @@ def test_class_coupled_world_each_class_makes_only_its_family_never_held_out():
         assert not clip.clipped.any()
 
 
-def test_class_coupled_test_pairs_cross_classes_and_cover_the_questions():
+def test_class_coupled_test_cases_cross_classes_and_cover_the_questions():
     from motion_world import classes as C
 
-    pairs = C.test_pairs(120, seed=0)
-    assert len(pairs) == 120
-    assert all(C.class_of(p.reference.scene) != C.class_of(p.target) for p in pairs)
-    kinds = {(p.kind, p.held_out) for p in pairs}
-    assert {("family", False), ("family", True), ("no family", False)} <= kinds
-    for p in pairs:
-        family = p.reference.motion.family
-        assert (family == C.NO_CLASS_FAMILY) == (p.kind == "no family")
-        assert p.kind == "no family" or family == C.class_of(p.reference.scene).family
-    again = C.test_pairs(120, seed=0)
-    assert all(torch.equal(a.reference.frames, b.reference.frames) and a.target == b.target for a, b in zip(pairs, again, strict=True))
-    assert not torch.equal(pairs[0].reference.frames, C.test_pairs(1, seed=1)[0].reference.frames)
+    cases = C.test_cases(40, seed=0)
+    assert len(cases) == 40 and sum(len(c.targets) for c in cases) == 120
+    for case in cases:
+        reference_class = C.class_of(case.reference.scene)
+        assert sorted(C.class_of(t).name for t in case.targets) == sorted(c.name for c in C.CLASSES if c != reference_class)
+        family = case.reference.motion.family
+        assert (family == C.NO_CLASS_FAMILY) == (case.kind == "no family")
+        assert case.kind == "no family" or family == reference_class.family
+    assert {(c.kind, c.held_out) for c in cases} >= {("family", False), ("family", True), ("no family", False)}
+    again = C.test_cases(40, seed=0)
+    assert all(torch.equal(a.reference.frames, b.reference.frames) and a.targets == b.targets for a, b in zip(cases, again, strict=True))
+    assert not torch.equal(cases[0].reference.frames, C.test_cases(1, seed=1)[0].reference.frames)
