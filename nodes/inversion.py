@@ -100,7 +100,7 @@ class MotionTextualInversion:
                 "model": ("MODEL", {"tooltip": "SVD or SVD-XT from Image Only Checkpoint Loader. It is not modified."}),
                 "vae": ("VAE", {"tooltip": "The VAE from the same checkpoint, used to encode the reference frames."}),
                 "motion_reference": ("MOTION_REFERENCE", {"tooltip": "The clip whose motion is learned (Load Motion Reference)."}),
-                "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimisation steps; the default cosine schedule decays the learning rate to zero over them. More steps fit the reference more closely (see the README's convergence table)."}),
+                "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimisation steps; the default cosine schedule decays the learning rate to zero over them. More steps fit the reference more closely (docs/development.md measures how the fit grows with steps)."}),
                 "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-5, "max": 1.0, "step": 1e-4, "round": 1e-5, "tooltip": "AdamW learning rate for the tokens after warm-up (peak of the schedule). Lower it if the loss curve jumps about."}),
                 "tokens_per_frame": ("INT", {"default": d.tokens_per_frame, "min": 1, "max": 64, "tooltip": "N tokens per frame (and in the shared temporal set). More tokens capture more detailed motion."}),
                 "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT. By default they are spread evenly over the whole reference (see frame_sampling)."}),
