@@ -193,3 +193,38 @@ def test_motion_world_bench_reads_the_oracle_encoder_of_files_trained_with_optio
     expected = motion_world_bench.load_motion_encoder(shipped).state_dict()
     loaded = motion_world_bench.load_motion_encoder(other).state_dict()
     assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
+
+
+def test_classes_bench_applies_each_reference_to_every_other_class_under_every_condition(tmp_path):
+    """bench.classes_bench (issue #28) in miniature, on a Motion World model trained for a few steps on the
+    class-coupled world with an appearance-only context: one reference, its three targets, every condition."""
+    from bench import classes_bench
+    from motion_world import classes
+    from motion_world import train as train_script
+
+    model = tmp_path / "classes.safetensors"
+    train_script.main(["--world", "classes", "--context", "appearance", "--ae-steps", "2", "--ae-batch", "2", "--clips", "6",
+                       "--unet-steps", "10", "--unet-batch", "2", "--threads", "1", "--out", str(model)])  # 2 steps: the zero-initialised
+    # attention outputs still cut every path from the context, and the node refuses to invert (TokensCannotLearn)
+    out = tmp_path / "bench"
+    classes_bench.main(["--model", str(model), "--seeds", "1", "--references", "1", "--steps", "2", "--sampler-steps", "2", "--out", str(out)])
+    result = json.loads((out / "results.json").read_text())
+    names = [c.name for c in classes_bench.CONDITIONS]
+    assert sorted(result["table"]["all"]) == sorted(names)
+    case = classes.test_cases(1, seed=0)[0]
+    for name in names:
+        rows = [r for r in result["rows"] if r["condition"] == name]
+        assert sorted(r["target_class"] for r in rows) == sorted(classes.class_of(t).name for t in case.targets)
+        assert all(r["reference_class"] == classes.class_of(case.reference.scene).name and finite(r["trajectory_error"]) for r in rows)
+        assert all((r["final_loss"] is None) == (name in (classes_bench.OWN_TOKEN, classes_bench.REFERENCE_TOKEN)) for r in rows)
+    assert [p.suffix for p in (out / "strips").iterdir()] == [".png"]
+
+
+@pytest.mark.parametrize(("kind", "held_out", "groups"), [
+    ("family", False, {"all", "family"}), ("family", True, {"all", "family, held-out motion"}), ("no family", False, {"all", "no family"}),
+])
+def test_classes_bench_groups_rows_by_what_the_motion_is(kind, held_out, groups):
+    from bench import classes_bench
+
+    row = {"kind": kind, "held_out": held_out}
+    assert {g for g in classes_bench.GROUPS if classes_bench.in_group(row, g)} == groups
