@@ -78,7 +78,7 @@ SWEEP = (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="motion_world.safetensors", help="file in the pack's models/ folder, or a path")
+    parser.add_argument("--model", default="motion_world.safetensors", help="file in the pack's motion_world/ folder, or a path")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--references", type=int, default=8, help="how many of the held-out motions")

@@ -94,7 +94,7 @@ class MotionWorldLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_name": (list_motion_world_models(), {"tooltip": "A Motion World model bundled with the pack (models/ folder of the pack)."})}}
+        return {"required": {"model_name": (list_motion_world_models(), {"tooltip": "A Motion World model bundled with the pack (its motion_world/ folder)."})}}
 
     def load(self, model_name: str):
         return load_motion_world(os.path.join(MODELS_DIR, os.path.basename(model_name)))
