@@ -161,7 +161,7 @@ def describe_embedding(embedding: MotionEmbedding) -> str:
         if meta.get(key):
             value = meta[key]
             learned.append(f"{label} {float(value):.4g}" if key == "final_loss" and _positive_float(value) else f"{label} {value}")
-    fps = _positive_float(meta.get("motion_fps")) or _positive_float(meta.get("fps"))
+    fps = learned_fps(meta)
     if fps:
         learned.append(f"{fps:.3g} fps")
     text = ", ".join(learned) + "."
@@ -170,6 +170,12 @@ def describe_embedding(embedding: MotionEmbedding) -> str:
     if meta.get(NOT_A_REAL_MOTION_KEY):
         text = f"WARNING: NOT A REAL MOTION. {meta[NOT_A_REAL_MOTION_KEY]}\n{text}"
     return text
+
+
+def learned_fps(meta: Mapping[str, str]) -> float | None:
+    """The frame rate a motion was learned at: ``motion_fps`` in newer files (measured from the reference), else
+    the fps conditioning older ones recorded; None when neither is a positive number."""
+    return _positive_float(meta.get("motion_fps")) or _positive_float(meta.get("fps"))
 
 
 def fps_conditioning(frame_rate: float) -> int:
@@ -182,7 +188,7 @@ def motion_timing(embedding: MotionEmbedding, frames: int) -> dict:
     (``motion_fps`` in newer files; older ones only recorded the fps conditioning), and the rate that
     keeps its speed when the same path is spread over ``frames`` frames."""
     meta = embedding.metadata
-    learned = _positive_float(meta.get("motion_fps")) or _positive_float(meta.get("fps"))
+    learned = learned_fps(meta)
     stretch = (frames - 1) / (embedding.frames - 1) if embedding.frames > 1 else 1.0
     playback = learned * stretch if learned else None
     return {"learned_frames": embedding.frames, "frames": frames, "learned_fps": learned, "stretch": stretch,
