@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from bench.motion_world_bench import FRAMES, FULL, SIZE, Condition, Harness, _mean, score
+from bench.motion_world_bench import FRAMES, FULL, SIZE, Condition, Harness, _mean, run_seeds_in_processes, score
 from motion_world import classes, metrics, world
 from tools.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_OPTIONS, MOTION_WORLD_STEPS
 
@@ -167,24 +166,7 @@ def write_strips(strips, out: Path) -> None:
 
 
 def run_parallel(args, argv) -> dict:
-    """The seeds in separate processes (a small model does not use many cores well); rows merged."""
-    import subprocess
-    import sys
-
-    started = time.perf_counter()
-    argv = list(argv if argv is not None else sys.argv[1:])
-    pending, workers, rows = list(range(args.seeds)), [], []
-    while pending or workers:
-        while pending and len(workers) < args.jobs:
-            seed = pending.pop(0)
-            out = args.out / f"seed{seed}"
-            cmd = [sys.executable, "-m", "bench.classes_bench", *argv, "--jobs", "1", "--only-seed", str(seed), "--out", str(out)]
-            workers.append((seed, out, subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)))
-        seed, out, proc = workers.pop(0)
-        if proc.wait() != 0:
-            raise SystemExit(f"seed {seed} failed")
-        rows += json.loads((out / "results.json").read_text())["rows"]
-    return {"rows": rows, "strips": [], "conditions": [c.name for c in selected_conditions(args)], "seconds": time.perf_counter() - started}
+    return run_seeds_in_processes("bench.classes_bench", args, argv, [c.name for c in selected_conditions(args)])
 
 
 def main(argv=None) -> None:

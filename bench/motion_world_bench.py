@@ -369,27 +369,29 @@ def write_strips(strips, out: Path) -> None:
 
 
 def run_parallel(args, argv) -> dict:
-    """The seeds in separate processes (a small model does not use many cores well); rows merged."""
+    return run_seeds_in_processes("bench.motion_world_bench", args, argv, [c.name for c in selected_conditions(args)])
+
+
+def run_seeds_in_processes(module: str, args, argv, conditions: list[str]) -> dict:
+    """The seeds of bench ``module`` in separate processes (a small model does not use many cores well), each
+    with ``--only-seed``; their rows merged."""
     import subprocess
     import sys
 
     started = time.perf_counter()
-    argv = [a for a in (argv if argv is not None else sys.argv[1:])]
-    workers = []
-    pending = list(range(args.seeds))
-    rows, strips = [], []
+    argv = list(argv if argv is not None else sys.argv[1:])
+    pending, workers, rows = list(range(args.seeds)), [], []
     while pending or workers:
         while pending and len(workers) < args.jobs:
             seed = pending.pop(0)
             out = args.out / f"seed{seed}"
-            cmd = [sys.executable, "-m", "bench.motion_world_bench", *argv, "--jobs", "1", "--only-seed", str(seed), "--out", str(out)]
+            cmd = [sys.executable, "-m", module, *argv, "--jobs", "1", "--only-seed", str(seed), "--out", str(out)]
             workers.append((seed, out, subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)))
         seed, out, proc = workers.pop(0)
         if proc.wait() != 0:
             raise SystemExit(f"seed {seed} failed")
         rows += json.loads((out / "results.json").read_text())["rows"]
-    conditions = [c.name for c in selected_conditions(args)]
-    return {"rows": rows, "strips": strips, "conditions": conditions, "seconds": time.perf_counter() - started}
+    return {"rows": rows, "strips": [], "conditions": conditions, "seconds": time.perf_counter() - started}
 
 
 def main(argv=None) -> None:
