@@ -102,4 +102,4 @@ def wait_until_paused(server, ready_file: Path, timeout: float = 300.0) -> int:
         assert server.alive(), f"ComfyUI died:\n{server.log_tail()}"
         assert time.monotonic() < deadline, f"the inversion did not reach its pause within {timeout:.0f} s:\n{server.log_tail(3000)}"
         time.sleep(0.05)
-    return int(ready_file.read_text() or 0)
+    return int(ready_file.read_text())

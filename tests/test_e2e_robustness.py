@@ -422,8 +422,9 @@ def test_cancelling_an_inversion_at_the_first_step_mid_way_and_at_the_last_step(
         prompt = paused_at(prompt, inversion, interrupt_after, ready)
         with WebSocketListener(server) as ws, timed(f"cancel {label}: queue -> history entry"):
             prompt_id = server.queue(prompt)
-            assert wait_until_paused(server, ready) == interrupt_after, label
-            assert server.post("/interrupt")[0] == 200
+            paused_at_step = wait_until_paused(server, ready)
+            assert server.post("/interrupt")[0] == 200  # before any check: a failed check must not leave the server paused
+            assert paused_at_step == interrupt_after, label
             entry = server.wait(prompt_id, timeout=120)
             progress = [m["data"]["value"] for m in ws.messages if m["type"] == "progress" and m["data"].get("node") == inversion]
         kinds = [kind for kind, _ in entry["status"]["messages"]]

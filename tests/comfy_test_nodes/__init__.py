@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import time
 
@@ -117,9 +118,10 @@ _real_update = comfy.utils.ProgressBar.update_absolute
 def _wait_for_interrupt(step: int, timeout: float = 300.0) -> None:
     ready = _PAUSE["ready"]
     _PAUSE.update(after=None, total=None, ready="")
-    if ready:
-        with open(ready, "w") as f:
+    if ready:  # written whole, then renamed: a test polling for it never reads it empty
+        with open(ready + ".tmp", "w") as f:
             f.write(str(step))
+        os.replace(ready + ".tmp", ready)
     deadline = time.monotonic() + timeout
     while not comfy.model_management.processing_interrupted() and time.monotonic() < deadline:
         time.sleep(0.01)
