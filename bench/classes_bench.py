@@ -40,6 +40,16 @@ CONDITIONS = (
     Condition("per-frame (F+1)x1", tokens=1),
     Condition("per-frame (F+1)xN", tokens=FULL),
 )
+# --sweep: which anti-leakage augmentation keeps A's look out of B, and what it costs in motion: (F+1)xN with
+# one augmentation each (hue shift is the one aimed at colour, the cue that names a class here).
+SWEEP = (
+    Condition(OWN_TOKEN),
+    Condition("per-frame (F+1)xN", tokens=FULL),
+    Condition("+ hue shift 0.5", tokens=FULL, options=(("hue_shift", 0.5),)),
+    Condition("+ colour jitter 0.3", tokens=FULL, options=(("color_jitter", 0.3),)),
+    Condition("+ random conditioning frame", tokens=FULL, options=(("random_cond_frame", True),)),
+    Condition("+ conditioning noise 0.1", tokens=FULL, options=(("cond_noise", 0.1),)),
+)
 GROUPS = ("all", "family", "family, held-out motion", "no family")
 
 
@@ -55,6 +65,7 @@ def parse_args(argv=None):
     parser.add_argument("--cfg", type=float, default=MOTION_WORLD_CFG)
     parser.add_argument("--conditions", default="", help="semicolon-separated subset of condition names")
     parser.add_argument("--quick", action="store_true", help="1 seed, 8 references (24 pairs)")
+    parser.add_argument("--sweep", action="store_true", help="the anti-leakage augmentations instead of the token layouts")
     parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world" / "classes")
@@ -66,7 +77,7 @@ def parse_args(argv=None):
 
 def selected_conditions(args) -> list[Condition]:
     names = [c.strip() for c in args.conditions.split(";") if c.strip()]
-    return [c for c in CONDITIONS if not names or c.name in names]
+    return [c for c in (SWEEP if args.sweep else CONDITIONS) if not names or c.name in names]
 
 
 def image_token_embedding(harness: Harness, image: torch.Tensor):
@@ -90,21 +101,21 @@ def run(args) -> dict:
             embeddings = {}
             for condition in conditions:
                 if condition.name == OWN_TOKEN:
-                    embeddings[condition.name] = (image_token_embedding(harness, clip.frames[0]), 0.0, None)  # strength 0: ignored
+                    embeddings[condition.name] = (image_token_embedding(harness, clip.frames[0]), 0.0, None, None)  # strength 0: ignored
                 elif condition.name == REFERENCE_TOKEN:
-                    embeddings[condition.name] = (image_token_embedding(harness, clip.frames[0]), 1.0, None)
+                    embeddings[condition.name] = (image_token_embedding(harness, clip.frames[0]), 1.0, None, None)
                 else:
                     embedding, _ = harness.invert(clip, condition, seed, args.steps, args.learning_rate, options)
-                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]))
+                    embeddings[condition.name] = (embedding, 1.0, float(embedding.metadata["final_loss"]), embedding.metadata["inversion_config"])
             for target in case.targets:
                 ideal = world.render_clip(target, clip.motion, FRAMES, SIZE)
                 generated = {}
-                for name, (embedding, strength, final_loss) in embeddings.items():
+                for name, (embedding, strength, final_loss, settings) in embeddings.items():
                     frames = harness.generate(ideal.frames[0], embedding, strength, seed, args.sampler_steps, args.cfg)
                     result = score(frames, ideal, clip.sprite_color)
                     result.update(condition=name, case=case.name, kind=case.kind, held_out=case.held_out, family=clip.motion.family,
                                   reference_class=classes.class_of(clip.scene).name, target_class=classes.class_of(target).name,
-                                  seed=seed, final_loss=final_loss)
+                                  seed=seed, final_loss=final_loss, inversion_config=settings)
                     rows.append(result)
                     generated[name] = frames
                 if seed == 0 and len(strips) < 8 and target is case.targets[0]:

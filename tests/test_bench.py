@@ -219,6 +219,14 @@ def test_classes_bench_applies_each_reference_to_every_other_class_under_every_c
         assert all((r["final_loss"] is None) == (name in (classes_bench.OWN_TOKEN, classes_bench.REFERENCE_TOKEN)) for r in rows)
     assert [p.suffix for p in (out / "strips").iterdir()] == [".png"]
 
+    # --sweep: each anti-leakage augmentation reaches the inversion (as the node records it in the embedding)
+    classes_bench.main(["--model", str(model), "--sweep", "--seeds", "1", "--references", "1", "--steps", "2", "--sampler-steps", "2",
+                        "--conditions", "+ hue shift 0.5;+ random conditioning frame", "--out", str(tmp_path / "sweep")])
+    rows = {r["condition"]: r for r in json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]}
+    assert "hue_shift': 0.5" in rows["+ hue shift 0.5"]["inversion_config"]
+    assert "random_cond_frame': True" in rows["+ random conditioning frame"]["inversion_config"]
+    assert "hue_shift': 0.0" in rows["+ random conditioning frame"]["inversion_config"]
+
 
 @pytest.mark.parametrize(("kind", "held_out", "groups"), [
     ("family", False, {"all", "family"}), ("family", True, {"all", "family, held-out motion"}), ("no family", False, {"all", "no family"}),
