@@ -60,26 +60,7 @@ def load_comfyui(
             return _STATE.ns
         if not os.path.isfile(os.path.join(root, "nodes.py")) or not os.path.isdir(os.path.join(root, "comfy")):
             raise RuntimeError(f"COMFYUI_ROOT={root} does not look like a ComfyUI checkout (no nodes.py / comfy/)")
-        _refuse_foreign_modules(root)
-
-        # ComfyUI's own modules must win over same-named ones (this repo has a `nodes` package too).
-        if root in sys.path:
-            sys.path.remove(root)
-        sys.path.insert(0, root)
-
-        # cli_args parses sys.argv only when args_parsing is on (main.py turns it on); keep it off so
-        # pytest's arguments are never read, and force CPU before model_management picks a device.
-        import comfy.options
-
-        comfy.options.args_parsing = False
-        import comfy.cli_args
-
-        cpu = cli_args.pop("cpu", True)
-        if cpu and "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
-            raise RuntimeError("comfy.model_management was imported before load_comfyui could force --cpu")
-        comfy.cli_args.args.cpu = cpu
-        for name, value in cli_args.items():  # e.g. use_pytorch_cross_attention=True, before any model code loads
-            setattr(comfy.cli_args.args, name, value)
+        _import_comfy_package(root, cli_args)
 
         import folder_paths
 
@@ -118,6 +99,48 @@ def load_comfyui(
             cli_args=comfy.cli_args,
         )
         return _STATE.ns
+
+
+def import_comfy_package(root: str | None = None) -> str:
+    """Make ComfyUI's ``comfy`` package importable (model code, ops, attention) without ``nodes``, the folders
+    or the built-in nodes, CPU forced: for tests of one model class, in a second or two. Returns the root.
+
+    A later :func:`load_comfyui` of the same root in the same process still works (it finds the same modules
+    and --cpu already set); its other ``cli_args`` come too late for modules already imported.
+    """
+    with _STATE.lock:
+        root = os.path.realpath(root or os.environ.get("COMFYUI_ROOT") or "")
+        if _STATE.ns is not None:
+            if _STATE.ns.root != root:
+                raise RuntimeError(f"ComfyUI {_STATE.ns.root} is already imported; cannot also import {root}")
+            return root
+        if not os.path.isdir(os.path.join(root, "comfy")):
+            raise RuntimeError(f"{root} does not look like a ComfyUI checkout (no comfy/); pass root= or set COMFYUI_ROOT")
+        _import_comfy_package(root, {})
+        return root
+
+
+def _import_comfy_package(root: str, cli_args: dict) -> None:
+    _refuse_foreign_modules(root)
+
+    # ComfyUI's own modules must win over same-named ones (this repo has a `nodes` package too).
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+
+    # cli_args parses sys.argv only when args_parsing is on (main.py turns it on); keep it off so
+    # pytest's arguments are never read, and force CPU before model_management picks a device.
+    import comfy.options
+
+    comfy.options.args_parsing = False
+    import comfy.cli_args
+
+    cpu = cli_args.pop("cpu", True)
+    if cpu and "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
+        raise RuntimeError("comfy.model_management was imported before --cpu could be forced")
+    comfy.cli_args.args.cpu = cpu
+    for name, value in cli_args.items():  # e.g. use_pytorch_cross_attention=True, before any model code loads
+        setattr(comfy.cli_args.args, name, value)
 
 
 def register_model_folder(ns: types.SimpleNamespace, folder_name: str, path: str | os.PathLike) -> None:
