@@ -19,12 +19,8 @@ whenever anything below changes the file's contents.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import inspect
 import json
-import logging
-import math
 import os
 import pathlib
 import tempfile
@@ -32,6 +28,7 @@ import tempfile
 import torch
 
 from .comfy_env import load_comfyui
+from .model_files import ensure_cached, init_params, prefixed, quiet, save_fp16  # init_params: motion_world imports it from here
 
 BUILDER_VERSION = "v1"
 
@@ -128,35 +125,8 @@ def tiny_clip_vision(seed: int = 0):
 # --- building ------------------------------------------------------------------------------------
 
 
-def _cache_dir(cache_dir) -> pathlib.Path:
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    base = os.environ.get("REENACT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reenact-anything")
-    return pathlib.Path(base) / "models"
-
-
 def _ensure(name: str, seed: int, cache_dir) -> pathlib.Path:
-    folder = _cache_dir(cache_dir)
-    path = folder / name
-    if path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    # Several test processes may start at once: one builds, the others wait and reuse its file.
-    with open(folder / (name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.is_file():
-                return path
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            try:
-                _build(tmp, seed)
-                os.chmod(tmp, 0o644)  # safetensors creates it private; the cache may be shared
-                os.replace(tmp, path)  # readers never see a half-written file
-            finally:
-                tmp.unlink(missing_ok=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return path
+    return ensure_cached(name, lambda tmp: _build(tmp, seed), cache_dir)
 
 
 def _build(path: pathlib.Path, seed: int) -> None:
@@ -168,21 +138,13 @@ def write_checkpoint(path: pathlib.Path, unet_state_dict: dict, seed: int, descr
     """An SVD checkpoint as ComfyUI's ImageOnlyCheckpointLoader reads it: ``unet_state_dict`` (any SVD
     layout) plus the real-size SVD VAE and ViT-H CLIP vision with random weights, all fp16. Used for the
     test checkpoints and for the GPU check's full-size one (bench/gpu_check.py)."""
-    import safetensors.torch
-
     sd = {}
     # One component at a time, each converted to fp16 and its fp32 module dropped, to bound RAM.
-    sd.update(_prefixed(unet_state_dict, _UNET_PREFIX))
+    sd.update(prefixed(unet_state_dict, _UNET_PREFIX))
     del unet_state_dict
-    sd.update(_prefixed(_vae_state_dict(seed + 1), _VAE_PREFIX))
-    sd.update(_prefixed(_clip_vision_state_dict(seed + 2), _CLIP_VISION_PREFIX))
-    # A single metadata entry: safetensors writes several in varying order (breaks byte-identity).
-    meta = {"reenact_test_model": json.dumps({"builder": BUILDER_VERSION, "seed": seed, **description}, sort_keys=True)}
-    safetensors.torch.save_file(sd, str(path), metadata=meta)
-
-
-def _prefixed(sd: dict, prefix: str) -> dict:
-    return {prefix + k: v.detach().to("cpu", torch.float16).contiguous() for k, v in sd.items()}
+    sd.update(prefixed(_vae_state_dict(seed + 1), _VAE_PREFIX))
+    sd.update(prefixed(_clip_vision_state_dict(seed + 2), _CLIP_VISION_PREFIX))
+    save_fp16(path, sd, {"builder": BUILDER_VERSION, "seed": seed, **description})
 
 
 def _unet_state_dict(seed: int) -> dict:
@@ -194,7 +156,7 @@ def _unet_state_dict(seed: int) -> dict:
     if "disable_temporal_crossattention" in inspect.signature(UNetModel.__init__).parameters:
         config["disable_temporal_crossattention"] = False  # newer ComfyUI detects this flag too
     # Build through ComfyUI's own model config so the layout is exactly what its loader rebuilds.
-    with _quiet():
+    with quiet():
         model = comfy.supported_models.SVD_img2vid(config).get_model({})
     unet = model.diffusion_model.float()
     init_params(unet, torch.Generator().manual_seed(seed), gain=_unet_gain)
@@ -217,7 +179,7 @@ def _vae_state_dict(seed: int) -> dict:
 
     # comfy.sd.VAE picks the SVD temporal-decoder architecture from this one key, exactly as it does
     # when loading a real SVD checkpoint; the (expected) "missing keys" warning is silenced.
-    with _quiet():
+    with quiet():
         vae = comfy.sd.VAE(sd={"decoder.mid.block_1.mix_factor": torch.zeros(1)})
     ae = vae.first_stage_model.float()
     init_params(ae, torch.Generator().manual_seed(seed))
@@ -268,50 +230,3 @@ def _to_open_clip(hf: dict, layers: int) -> dict:
         for y in ("weight", "bias"):  # open_clip keeps q, k, v stacked in one in_proj
             out[f"{dst}attn.in_proj_{y}"] = torch.cat([hf[f"{src}self_attn.{p}_proj.{y}"] for p in "qkv"])
     return out
-
-
-# --- initialisation ------------------------------------------------------------------------------
-
-
-def init_params(module: torch.nn.Module, gen: torch.Generator, gain=lambda name: 1.0) -> None:
-    """Fill every parameter, in sorted-name order, from ``gen`` (values drawn in fp32).
-
-    Norms: weight 1, bias 0. Biases 0. Linear/conv weights: N(0, 1) * gain / sqrt(fan_in), which keeps
-    activations O(1) through the depth. Learned temporal mix factors 0 (sigmoid -> even blend).
-    Embeddings (CLIP class/position): N(0, 1) / sqrt(width), as open_clip does.
-    Unknown parameter kinds raise, so a ComfyUI change cannot leave torch.empty garbage behind.
-    """
-    owners = {}
-    for mname, mod in module.named_modules():
-        for pname, p in mod.named_parameters(recurse=False):
-            owners[f"{mname}.{pname}" if mname else pname] = (mod, pname, p)
-    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm)
-    weighted = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    with torch.no_grad():
-        for name in sorted(owners):
-            mod, pname, p = owners[name]
-            if pname == "mix_factor":
-                value = torch.zeros(p.shape)
-            elif isinstance(mod, norms):
-                value = torch.ones(p.shape) if pname == "weight" else torch.zeros(p.shape)
-            elif pname == "bias":
-                value = torch.zeros(p.shape)
-            elif isinstance(mod, weighted) and pname == "weight":
-                fan_in = math.prod(p.shape[1:])
-                value = torch.randn(p.shape, generator=gen) * (gain(name) / math.sqrt(fan_in))
-            elif isinstance(mod, torch.nn.Embedding) or pname == "class_embedding":
-                value = torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1])
-            else:
-                raise RuntimeError(f"no initialisation rule for parameter {name} of {type(mod).__name__}")
-            p.copy_(value)
-
-
-@contextlib.contextmanager
-def _quiet():
-    # Model construction logs expected noise (missing VAE keys, model type); keep test logs readable.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
