@@ -85,11 +85,12 @@ def ensure_svd_xt_test_checkpoint(cache_dir: str | os.PathLike | None = None) ->
     return _ensure(f"reenact-test-svd-xt-{BUILDER_VERSION}.safetensors", SVD_XT_SEED, cache_dir)
 
 
-def tiny_clip_vision(seed: int = 0):
+def tiny_clip_vision(seed: int = 0, **config):
     """A small in-process ``comfy.clip_vision.ClipVisionModel`` (ViT, 2 layers, 1024-d embeddings).
 
     Stock loaders only accept real-size CLIP vision towers; this one is for tests that call
-    ``encode_image`` directly. Deterministic for a given seed.
+    ``encode_image`` directly. Deterministic for a given seed. ``config`` overrides entries of the HF CLIP
+    vision config below (e.g. ``hidden_size=1280`` for the width Wan2.1-I2V's image branch expects).
     """
     ns = load_comfyui()
     import comfy.clip_vision
@@ -111,6 +112,7 @@ def tiny_clip_vision(seed: int = 0):
         "patch_size": 32,
         "projection_dim": 1024,
         "torch_dtype": "float32",
+        **config,
     }
     # ComfyUI 2024-03's ClipVisionModel only takes a path to a JSON config.
     with tempfile.TemporaryDirectory(dir=ns.dirs) as tmp:
