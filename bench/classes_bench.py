@@ -29,6 +29,7 @@ import torch
 
 from bench.motion_world_bench import FRAMES, FULL, SIZE, Condition, Harness, _mean, run_seeds_in_processes, score
 from motion_world import classes, metrics, world
+from reenact_core.inversion import InversionConfig
 from tools.make_workflows import MOTION_WORLD_CFG, MOTION_WORLD_LR, MOTION_WORLD_OPTIONS, MOTION_WORLD_STEPS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,10 @@ SWEEP = (
     Condition("+ colour jitter 0.3", tokens=FULL, options=(("color_jitter", 0.3),)),
     Condition("+ random conditioning frame", tokens=FULL, options=(("random_cond_frame", True),)),
     Condition("+ conditioning noise 0.1", tokens=FULL, options=(("cond_noise", 0.1),)),
+    # and two inversion settings, for when the workflow's do not transfer: the node's rate, noise where motion is decided
+    Condition("lr 0.3 cosine (the node's default)", tokens=FULL, learning_rate=InversionConfig.learning_rate,
+              options=(("schedule", InversionConfig.schedule),)),
+    Condition("sigma log-mean 1.0", tokens=FULL, options=(("sigma_log_mean", 1.0),)),
 )
 GROUPS = ("all", "family", "family, held-out motion", "no family")
 
