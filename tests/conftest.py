@@ -3,6 +3,8 @@ nodes, and the deterministic random-weight SVD test checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import types
 from pathlib import Path
@@ -103,3 +105,24 @@ def wait_until_paused(server, ready_file: Path, timeout: float = 300.0) -> int:
         assert time.monotonic() < deadline, f"the inversion did not reach its pause within {timeout:.0f} s:\n{server.log_tail(3000)}"
         time.sleep(0.05)
     return int(ready_file.read_text())
+
+
+@contextlib.contextmanager
+def captured_log():
+    """Every log message emitted inside the block, as a list filled while it runs. The root logger goes to
+    DEBUG meanwhile: ComfyUI 2024-03 reports a checkpoint's unused keys at debug/info level only."""
+    messages: list[str] = []
+
+    class _Records(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, root = _Records(logging.DEBUG), logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield messages
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

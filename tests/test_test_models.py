@@ -7,11 +7,11 @@ the CLIP-token context must materially steer the UNet (the pack optimises exactl
 from __future__ import annotations
 
 import gc
-import logging
 import os
 
 import pytest
 import torch
+from conftest import captured_log
 
 from testkit.comfy_env import load_comfyui, register_model_folder, run_node
 from testkit.svd_checkpoint import (
@@ -42,33 +42,13 @@ def _release_models(comfyui):
     gc.collect()
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="class")
 def loaded(comfyui, ckpt):
     """The stock loader's result plus every log message it produced."""
-    records = _Records()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(records)
-    root.setLevel(logging.DEBUG)  # 2024-03 reports unused keys at debug/info level only
-    try:
-        with torch.inference_mode():
-            out = comfyui.sd.load_checkpoint_guess_config(
-                str(ckpt), output_vae=True, output_clip=False, output_clipvision=True
-            )
-    finally:
-        root.removeHandler(records)
-        root.setLevel(old_level)
+    with captured_log() as messages, torch.inference_mode():
+        out = comfyui.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=False, output_clipvision=True)
     model, _clip, vae, clip_vision = out[:4]
-    return model, vae, clip_vision, records.messages
+    return model, vae, clip_vision, messages
 
 
 def _relative_change(a, b):

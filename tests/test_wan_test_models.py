@@ -7,12 +7,11 @@ Skipped on a ComfyUI without Wan (comfy/ldm/wan: Wan 2.1 needs >= 0.3.16, Wan 2.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 
 import pytest
 import torch
-from conftest import comfyui_root
+from conftest import captured_log, comfyui_root
 
 from testkit.comfy_env import load_comfyui, register_model_folder, run_node
 from testkit.wan_checkpoint import (
@@ -54,29 +53,11 @@ def _release_models(comfyui):
     gc.collect()
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def load_logged(fn, *args, **kwargs):
     """fn's result and the log messages that say a stored tensor was missing or left unused."""
-    records = _Records()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(records)
-    root.setLevel(logging.DEBUG)
-    try:
-        with torch.inference_mode():
-            out = fn(*args, **kwargs)
-    finally:
-        root.removeHandler(records)
-        root.setLevel(old_level)
-    return out, [m for m in records.messages if any(w in m.lower() for w in ("missing", "unexpected", "left over", "leftover"))]
+    with captured_log() as messages, torch.inference_mode():
+        out = fn(*args, **kwargs)
+    return out, [m for m in messages if any(w in m.lower() for w in ("missing", "unexpected", "left over", "leftover"))]
 
 
 def _relative_change(a, b):
