@@ -71,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--conditions", default="", help="semicolon-separated subset of condition names")
     parser.add_argument("--quick", action="store_true", help="1 seed, 8 references (24 pairs)")
     parser.add_argument("--sweep", action="store_true", help="the anti-leakage augmentations instead of the token layouts")
+    parser.add_argument("--augmentation", type=float, default=0.0, help="the conditioning frame's augmentation_level, in inversion and "
+                        "sampling (for models trained with --cond-aug: a noisy latent leaves the image token as the surer cue)")
     parser.add_argument("--jobs", type=int, default=1, help="run the seeds in this many processes (one torch thread each)")
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world" / "classes")
@@ -94,7 +96,7 @@ def image_token_embedding(harness: Harness, image: torch.Tensor):
 
 
 def run(args) -> dict:
-    harness = Harness(str(Path(args.model).resolve()))
+    harness = Harness(str(Path(args.model).resolve()), args.augmentation)
     options = json.loads(args.options)
     conditions = selected_conditions(args)
     rows, strips = [], []

@@ -113,7 +113,7 @@ def parse_args(argv=None):
 class Harness:
     """The pack's nodes in an in-process ComfyUI, with the Motion World model loaded."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, augmentation: float = 0.0):
         from testkit.comfy_env import load_comfyui, load_pack, pack_submodule, run_node
 
         self.comfy = load_comfyui(use_pytorch_cross_attention=True)
@@ -135,6 +135,7 @@ class Harness:
             name: spec[1]["default"] for group in ("required", "optional") for name, spec in option_inputs.get(group, {}).items()
         }
         self.encoder = load_motion_encoder(path)
+        self.augmentation = augmentation  # SVD_img2vid_Conditioning's augmentation_level, for inversion and sampling
 
     def default(self, name):
         return self.inversion_defaults[name][1]["default"]
@@ -153,7 +154,7 @@ class Harness:
         embedding, _, _ = self.run(
             "MotionTextualInversion", model=self.model, vae=self.vae, motion_reference=reference,
             steps=steps or self.default("steps"), learning_rate=lr, tokens_per_frame=tokens,
-            video_frames=FRAMES, width=size, height=size, seed=seed, fps=fps, motion_bucket_id=127, augmentation_level=0.0,
+            video_frames=FRAMES, width=size, height=size, seed=seed, fps=fps, motion_bucket_id=127, augmentation_level=self.augmentation,
             precision=precision, gradient_checkpointing=False, clip_vision=self.clip_vision, options=opts,
         )
         return embedding, time.perf_counter() - started
@@ -167,7 +168,7 @@ class Harness:
     def generate(self, first_frame: torch.Tensor, embedding, strength: float, seed: int, steps: int, cfg: float) -> torch.Tensor:
         positive, negative, latent = self.run(
             "SVD_img2vid_Conditioning", clip_vision=self.clip_vision, init_image=first_frame[None], vae=self.vae,
-            width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=0.0,
+            width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=self.augmentation,
         )
         positive, negative, _ = self.run(
             "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength

@@ -112,6 +112,10 @@ class TrainConfig:
     sigma_log_std: float = 1.4
     p_sigma_uniform: float = 0.2  # share of noise levels drawn log-uniform over SVD's whole range [0.002, 700]:
     # samplers start at sigma_max = 700, far outside the log-normal's reach
+    cond_aug: float = 0.0  # SVD's noise augmentation of the conditioning frame: on half the clips, Gaussian pixel noise of
+    # a level drawn log-uniform in [0.02, cond_aug] is added to the first frame before it is encoded for the concatenated
+    # latent (as SVD_img2vid_Conditioning's augmentation_level does), and the level goes to the model as micro-conditioning.
+    # The clean frame still makes the context token, so a noisy latent leaves the token as the surer cue of the class
 
 
 class MotionEncoder(nn.Module):
@@ -393,6 +397,9 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         log_uniform = math.log(0.002) + (math.log(700.0) - math.log(0.002)) * torch.rand(b, generator=gen)
         log_sigma = torch.where(torch.rand(b, generator=gen) < cfg.p_sigma_uniform, log_uniform, log_sigma)
         x0, concat, sigma_frames, noisy = noised_clip(raw, log_sigma.exp().clamp(0.002, 700.0), gen)
+        step_adm = adm
+        if cfg.cond_aug:
+            concat, step_adm = augmented_condition(base, ae, first_frames[idx], cfg.cond_aug, f, gen)
         keep = (torch.rand(b, generator=gen) >= cfg.p_null).float()
         with autocast(cfg):
             if cfg.context == "motion":
@@ -408,7 +415,7 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
                 temporal = token[:, None, :]
             spatial = spatial * keep[:, None, None, None]
             temporal = temporal * keep[:, None, None]
-            out = predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal)
+            out = predict_x0(base, step_adm, noisy, sigma_frames, concat, spatial, temporal)
         loss = denoising_loss(out.float(), x0, sigma_frames, sprite_cells[idx].flatten(0, 1), cfg.unet_sprite_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -440,6 +447,20 @@ def merged_tokens(tokens: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
     return torch.where(merge.view(-1, *[1] * (tokens.dim() - 1)), mean, tokens)
 
 
+def augmented_condition(base, ae, first_frames: torch.Tensor, max_level: float, frames: int, gen: torch.Generator):
+    """SVD's conditioning-frame augmentation for [B, H, W, 3] first frames: on half of them, pixel noise of a level
+    log-uniform in [0.02, ``max_level``] before encoding. Returns the concatenated latents [B*F, 4, h, w] (unscaled)
+    and the micro-conditioning [B, D] that tells the model each level."""
+    b = first_frames.shape[0]
+    levels = math.log(0.02) + (math.log(max_level) - math.log(0.02)) * torch.rand(b, generator=gen)
+    levels = torch.where(torch.rand(b, generator=gen) < 0.5, torch.zeros(b), levels.exp())
+    noisy = first_frames + levels[:, None, None, None] * torch.randn(first_frames.shape, generator=gen)
+    with torch.no_grad():
+        latent = ae_encode_mean(ae, noisy)
+    adm = torch.cat([base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=float(level)) for level in levels])
+    return latent.repeat_interleave(frames, 0), adm
+
+
 def noised_clip(raw: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator):
     """Raw latents [B, F, 4, h, w] and one noise level per clip -> (x0, first-frame concat, per-frame sigma,
     noisy x0), all [B*F, ...]; x0 in ComfyUI's scaled latent units, the concat unscaled as SVD_img2vid takes it."""
@@ -458,7 +479,7 @@ def predict_x0(base, adm, noisy, sigma_frames, concat, spatial, temporal):
     time_context = temporal[:, None].expand(-1, f, -1, -1).flatten(0, 1)
     return base.apply_model(
         noisy, sigma_frames, c_concat=concat, c_crossattn=spatial.flatten(0, 1), time_context=time_context,
-        y=adm.expand(b * f, -1), num_video_frames=f,
+        y=adm.expand(b, -1).repeat_interleave(f, 0), num_video_frames=f,
     )
 
 

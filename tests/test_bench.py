@@ -228,6 +228,33 @@ def test_classes_bench_applies_each_reference_to_every_other_class_under_every_c
     assert "hue_shift': 0.0" in rows["+ random conditioning frame"]["inversion_config"]
 
 
+def test_context_probe_tells_a_model_that_reads_its_context_from_one_that_cannot(tmp_path):
+    """bench.context_probe (issue #28) on the bundled motion-token model, which reads its context, and on a copy
+    whose cross-attention values are zeroed, which cannot: swapping contexts must cost the first and not the second."""
+    import safetensors
+    import safetensors.torch
+
+    from bench import context_probe
+
+    bundled = context_probe.REPO / "motion_world" / "motion_world.safetensors"
+    result = context_probe.main(["--model", str(bundled), "--clips", "6", "--sigmas", "2", "--augmentation", "0"])
+    (row,) = result["table"].values()
+    assert row["swapped"]["sprite_loss_vs_own"] > 0.5 and row["null"]["loss_vs_own"] > 0.1
+
+    tensors = safetensors.torch.load_file(str(bundled))
+    with safetensors.safe_open(str(bundled), framework="pt") as f:
+        metadata = f.metadata()
+    deaf = {k: torch.zeros_like(v) if ".attn2.to_v." in k else v for k, v in tensors.items()}
+    assert sum(".attn2.to_v." in k for k in tensors) >= 4
+    safetensors.torch.save_file(deaf, str(tmp_path / "deaf.safetensors"), metadata=metadata)
+    result = context_probe.main(["--model", str(tmp_path / "deaf.safetensors"), "--clips", "6", "--sigmas", "2", "--augmentation", "0,0.5",
+                                 "--out", str(tmp_path / "probe.json")])
+    assert len(result["table"]) == 2
+    for row in result["table"].values():
+        assert abs(row["swapped"]["loss_vs_own"]) < 1e-4 and abs(row["null"]["sprite_loss_vs_own"]) < 1e-4
+    assert json.loads((tmp_path / "probe.json").read_text())["table"].keys() == result["table"].keys()
+
+
 @pytest.mark.parametrize(("kind", "held_out", "groups"), [
     ("family", False, {"all", "family"}), ("family", True, {"all", "family, held-out motion"}), ("no family", False, {"all", "no family"}),
 ])

@@ -216,3 +216,22 @@ def test_render_batch_draws_from_the_world_it_is_given():
     with pytest.raises(ValueError):
         render_batch(np.random.default_rng(0), 1, 8, 64, "nowhere")
     assert classes.CLASSES
+
+
+def test_conditioning_frame_augmentation_noises_half_the_frames_and_tells_the_model_each_level(comfy, pack, motion_model):
+    """--cond-aug (issue #28): SVD_img2vid_Conditioning's augmentation_level, in training: noisy first frames for the
+    concatenated latent on about half the clips, the clean latent on the rest, and each clip's level in its micro-conditioning."""
+    from motion_world import train as train_script
+
+    _, tensors, _ = motion_model
+    mw = pack_submodule(pack.module, "nodes.motion_world")
+    ae = mw.build_vae(train_script.VAE_CONFIG, train_script.autoencoder_of(tensors)).first_stage_model.float().eval()
+    base = mw.build_unet(train_script.unet_config(64, 64)).float()
+    first = torch.rand(32, 64, 64, 3)
+    concat, adm = train_script.augmented_condition(base, ae, first, 2.0, 3, torch.Generator().manual_seed(0))
+    assert concat.shape == (96, 4, 8, 8) and adm.shape[0] == 32
+    clean = train_script.ae_encode_mean(ae, first)
+    kept = [i for i in range(32) if torch.allclose(concat[3 * i], clean[i], atol=1e-5)]
+    assert 8 <= len(kept) <= 24 and all(torch.equal(concat[3 * i], concat[3 * i + 2]) for i in range(32))
+    stock = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
+    assert all(torch.equal(adm[i], stock[0]) == (i in kept) for i in range(32))
