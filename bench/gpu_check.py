@@ -389,7 +389,7 @@ def _sample(env, model, clip_vision, vae, settings: dict, embedding=None):
                                          width=settings["width"], height=settings["height"], video_frames=settings["frames"],
                                          motion_bucket_id=127, fps=6, augmentation_level=0.0)
     if embedding is not None:
-        positive, negative, _ = env.run("ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding,
+        positive, negative, _, _ = env.run("ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding,
                                      latent=latent, strength=1.0)
     (guided,) = env.run("VideoLinearCFGGuidance", model=model, min_cfg=1.0)
     (samples,) = env.run("KSampler", model=guided, seed=0, steps=settings["sample_steps"], cfg=2.5, sampler_name="euler",

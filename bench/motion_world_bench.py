@@ -170,7 +170,7 @@ class Harness:
             "SVD_img2vid_Conditioning", clip_vision=self.clip_vision, init_image=first_frame[None], vae=self.vae,
             width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=self.augmentation,
         )
-        positive, negative, _ = self.run(
+        positive, negative, _, _ = self.run(
             "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength
         )
         (guided,) = self.run("VideoLinearCFGGuidance", model=self.model, min_cfg=1.0)

@@ -10,7 +10,7 @@ import torch
 
 from ..reenact_core.embedding import MotionEmbedding, describe_embedding, mix, motion_timing, timing_text
 from ..reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding
-from . import paths
+from . import paths, wan_apply
 
 CATEGORY = "Reenact Anything"
 
@@ -106,18 +106,24 @@ class LoadMotionEmbedding:
 
 class ApplyMotionEmbedding:
     DESCRIPTION = (
-        "Replaces SVD's image-embedding conditioning with a motion embedding: each frame gets its own tokens in the "
-        "spatial cross-attention and the shared tokens drive the temporal cross-attention. The target image still "
-        "gives the appearance through SVD_img2vid_Conditioning. A motion learned over N frames is stretched or "
+        "Applies a learned motion to a new image: on SVD through the conditioning (each frame gets its own tokens in the "
+        "spatial cross-attention, the shared tokens drive the temporal cross-attention), on Wan 2.1/2.2 through a patched "
+        "copy of the model (each latent frame's video tokens attend to that frame's tokens plus the shared ones). "
+        "SVD: the target image still gives the appearance through SVD_img2vid_Conditioning; the model input can stay "
+        "unconnected. Wan: connect the Wan model and sample with the model output; in every block the motion tokens take "
+        "the place of the positive prompt in the cross-attention (the CLIP image branch of Wan2.1-I2V stays), the negative "
+        "stays stock, and positive and negative pass through unchanged. A motion learned over N frames is stretched or "
         "squeezed in time to the latent's frame count: same path, other speed per frame (the info output says by how much)."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STRING")
-    RETURN_NAMES = ("positive", "negative", "info")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STRING", "MODEL")
+    RETURN_NAMES = ("positive", "negative", "info", "model")
     OUTPUT_TOOLTIPS = (
-        "The target's conditioning with the motion.",
-        "The matching negative.",
+        "The target's conditioning with the motion (SVD); on Wan the positive unchanged (the motion is in the model output).",
+        "The matching negative (SVD); on Wan the negative unchanged.",
         "At which frame rate the motion was learned, and what playing it over this latent's frames does to its speed.",
+        "Wan: a copy of the connected model that applies the motion; connect it to the sampler in place of the model. "
+        "SVD: the connected model unchanged. With no model connected this output is not usable (it stops what it feeds).",
     )
     FUNCTION = "apply"
 
@@ -125,12 +131,17 @@ class ApplyMotionEmbedding:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "positive": ("CONDITIONING", {"tooltip": "positive from SVD_img2vid_Conditioning (the target image)."}),
-                "negative": ("CONDITIONING", {"tooltip": "negative from SVD_img2vid_Conditioning."}),
-                "motion_embedding": ("MOTION_EMBEDDING", {"tooltip": "The motion to apply (Motion Textual Inversion or Load Motion Embedding)."}),
+                "positive": (
+                    "CONDITIONING",
+                    {"tooltip": "positive from SVD_img2vid_Conditioning (the target image); on Wan from WanImageToVideo (or your text encoder)."},
+                ),
+                "negative": ("CONDITIONING", {"tooltip": "negative from SVD_img2vid_Conditioning; on Wan from WanImageToVideo (or your text encoder)."}),
+                "motion_embedding": ("MOTION_EMBEDDING", {"tooltip": "The motion to apply (Motion Textual Inversion or Load Motion Embedding). "
+                                                          "It must have been learned on the same family (SVD or Wan) as the model."}),
                 "latent": (
                     "LATENT",
-                    {"tooltip": "The latent you will sample (SVD_img2vid_Conditioning's latent): its frame count decides how the motion is resampled in time."},
+                    {"tooltip": "The latent you will sample (SVD_img2vid_Conditioning's, WanImageToVideo's or Wan22ImageToVideoLatent's): "
+                     "its frame count decides how the motion is resampled in time."},
                 ),
                 "strength": (
                     "FLOAT",
@@ -139,7 +150,7 @@ class ApplyMotionEmbedding:
                         "min": 0.0,
                         "max": 2.0,
                         "step": 0.05,
-                        "tooltip": "0 = plain SVD (the target's own image embedding), 1 = the learned motion, >1 exaggerates it.",
+                        "tooltip": "0 = plain SVD / Wan (the target's own image embedding, or the prompt), 1 = the learned motion, >1 exaggerates it.",
                     },
                 ),
             },
@@ -148,15 +159,27 @@ class ApplyMotionEmbedding:
                     "BOOLEAN",
                     {
                         "default": False,
-                        "tooltip": "Set SVD's fps conditioning so the motion keeps the speed it was learned at when it is played over "
+                        "tooltip": "SVD: set the fps conditioning so the motion keeps the speed it was learned at when it is played over "
                         "a different number of frames (e.g. a 14-frame motion over SVD-XT's 25: the fps the learned frames had, "
-                        "times 24/13). Off: the fps of SVD_img2vid_Conditioning stays. Save the video at the fps the info output gives.",
+                        "times 24/13). Off: the fps of SVD_img2vid_Conditioning stays. Save the video at the fps the info output gives. "
+                        "Wan has no fps conditioning: there only the info output's frame rate applies.",
+                    },
+                ),
+                "model": (
+                    "MODEL",
+                    {
+                        "tooltip": "Wan 2.1/2.2: the diffusion model (Load Diffusion Model); required there, and use the model output in "
+                        "the sampler. SVD: optional (passed through unchanged); leave it unconnected as in older workflows.",
                     },
                 ),
             },
         }
 
-    def apply(self, positive, negative, motion_embedding: MotionEmbedding, latent, strength: float, keep_speed: bool = False):
+    def apply(self, positive, negative, motion_embedding: MotionEmbedding, latent, strength: float, keep_speed: bool = False, model=None):
+        kind = wan_apply.model_kind(model)
+        wan_apply.check_embedding_for(kind, motion_embedding)
+        if kind == "wan":
+            return self._apply_wan(positive, negative, motion_embedding, latent, strength, keep_speed, model)
         frames = int(latent["samples"].shape[0])
         motion = motion_embedding.resample_frames(frames)
         timing = motion_timing(motion_embedding, frames)
@@ -176,7 +199,47 @@ class ApplyMotionEmbedding:
             new_negative.append([zeros, dict(extras, time_conditioning=zeros[:1].clone(), **fps_override)])
         conditioned_fps = positive[0][1].get("fps") if positive else None
         info = timing_text(timing, keep_speed, conditioned_fps)
-        return {"ui": {"text": [info]}, "result": (new_positive, new_negative, info)}
+        model_out = model if model is not None else _no_model()
+        return {"ui": {"text": [info]}, "result": (new_positive, new_negative, info, model_out)}
+
+    def _apply_wan(self, positive, negative, motion_embedding, latent, strength, keep_speed, model):
+        patched, frames = wan_apply.apply_to_wan(model, motion_embedding, latent, strength)
+        family = wan_apply.wan_family(model)
+        blocks = len(model.model.diffusion_model.blocks)
+        timing = motion_timing(motion_embedding, frames)
+        resampled = (f"resampled in time to this latent's {frames}" if frames != motion_embedding.frames else f"laid over this latent's {frames}")
+        info = (f"Wan ({family}): the motion's {motion_embedding.frames} latent frames are {resampled} latent frames, in the "
+                f"cross-attention of all {blocks} blocks of the model output at strength {strength:g}: there the motion tokens take "
+                "the place of the positive prompt; the negative stays as it is. ")
+        if timing["learned_fps"]:
+            info += f"Learned at {timing['learned_fps']:.3g} fps; save the video at {timing['playback_fps']:.3g} fps for the learned speed."
+        else:
+            info += "Its file does not say at which frame rate it was learned."
+        if keep_speed:
+            info += " keep_speed does nothing on Wan (no fps conditioning)."
+        return {"ui": {"text": [info]}, "result": (positive, negative, info, patched)}
+
+
+def _no_model():
+    """The model output when no model is connected: an ExecutionBlocker, so a node fed from it stops with this message
+    (ComfyUI since mid-2024) rather than failing on None deep inside; None where ComfyUI has no blockers."""
+    blocker = _execution_blocker()
+    message = ("Apply Motion Embedding's model output carries the model connected to its model input, and none is connected: "
+               "connect the model (required for Wan), or take the sampler's model from the loader.")
+    return blocker(message) if blocker is not None else None
+
+
+def _execution_blocker():
+    import importlib
+
+    for name in ("comfy_execution.graph_utils", "comfy_execution.graph"):  # where ComfyUI has kept it over time
+        try:
+            blocker = getattr(importlib.import_module(name), "ExecutionBlocker", None)
+        except ImportError:  # ComfyUI before the execution-model rewrite (mid-2024)
+            continue
+        if blocker is not None:
+            return blocker
+    return None
 
 
 def _check_svd_conditioning(context: torch.Tensor, extras: dict, dim: int, which: str) -> None:

@@ -29,9 +29,35 @@ DEFAULT_TOKENS = 5
 CONTEXT_DIM = 1024
 
 
+# The space the tokens live in (metadata key ``token_space``): SVD's cross-attention takes CLIP ViT-H image embeddings
+# (1024 wide); Wan's takes umT5-XXL text-encoder outputs (4096 wide, before the model's own ``text_embedding``), the
+# same space on every Wan 2.1 / 2.2 variant. Files made before Wan support have no ``token_space``: they are SVD's.
+TOKEN_SPACE_CLIP_IMAGE = "clip_image"
+TOKEN_SPACE_UMT5 = "umt5"
+TOKEN_SPACES = (TOKEN_SPACE_CLIP_IMAGE, TOKEN_SPACE_UMT5)
+UMT5_DIM = 4096
+
+
 def base_model_for_frames(frames: int) -> str:
     """Model family a frame count belongs to: 'svd_xt' for 25 frames, else 'svd'."""
     return "svd_xt" if frames == SVD_XT_FRAMES else "svd"
+
+
+def is_wan_base_model(base_model: str | None) -> bool:
+    """True for the Wan families this pack records ('wan21_i2v', 'wan22_ti2v', 'wan22_i2v_a14b', 'wan_t2v', ...)."""
+    return bool(base_model) and str(base_model).startswith("wan")
+
+
+def token_space_for(base_model: str | None) -> str:
+    """The token space of embeddings learned on ``base_model``: 'umt5' for Wan, 'clip_image' otherwise."""
+    return TOKEN_SPACE_UMT5 if is_wan_base_model(base_model) else TOKEN_SPACE_CLIP_IMAGE
+
+
+def token_space_of(embedding: MotionEmbedding) -> str:
+    """Where an embedding's tokens live: its ``token_space`` metadata, else what its ``base_model`` implies (files
+    from before Wan support have neither Wan key and are SVD's 'clip_image')."""
+    meta = embedding.metadata
+    return meta.get("token_space") or token_space_for(meta.get("base_model"))
 
 
 def resample_rows(spatial: torch.Tensor, frames: int) -> torch.Tensor:
@@ -157,6 +183,9 @@ def describe_embedding(embedding: MotionEmbedding) -> str:
     it was learned on a stand-in model."""
     meta = embedding.metadata
     learned = [f"{embedding.frames} frames x {embedding.tokens} tokens x {embedding.dim}"]
+    if token_space_of(embedding) == TOKEN_SPACE_UMT5:  # SVD files keep their one-line description unchanged
+        learned = [f"{embedding.frames} latent frames x {embedding.tokens} tokens x {embedding.dim}, "
+                   f"for Wan ({meta.get('base_model') or 'wan'}, umT5 tokens)"]
     for key, label in (("resolution", "at"), ("steps", "steps:"), ("final_loss", "final loss")):
         if meta.get(key):
             value = meta[key]

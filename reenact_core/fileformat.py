@@ -1,5 +1,11 @@
 """Motion embedding files: .safetensors with tensors ``spatial`` [F,N,D] and ``temporal`` [N,D].
 
+Metadata says which model the tokens are for: ``base_model`` (``svd``/``svd_xt``, or a Wan family such as
+``wan21_i2v``, ``wan22_ti2v``, ``wan22_i2v_a14b``), ``token_space`` (``clip_image``: SVD's CLIP image space, 1024
+wide; ``umt5``: Wan's umT5 text space, 4096 wide) and, for Wan, ``latent_frames`` (= the spatial rows: one per
+latent frame). Files from before Wan support lack ``token_space`` and ``latent_frames`` and load as ``clip_image``;
+the keys were added, none renamed, so FORMAT_VERSION stays 1 and older packs still read new SVD files.
+
 Files are shared between strangers, so loading trusts nothing: the header is parsed and checked here
 (size limits, JSON shape, dtypes, shapes, offsets) before a single tensor byte is read, and every
 problem surfaces as :class:`EmbeddingFileError` with a message saying what to do. Nothing is unpickled.
@@ -19,11 +25,20 @@ import safetensors.torch
 import torch
 
 from . import __version__
-from .embedding import MotionEmbedding, base_model_for_frames
+from .embedding import (
+    TOKEN_SPACE_UMT5,
+    TOKEN_SPACES,
+    UMT5_DIM,
+    MotionEmbedding,
+    base_model_for_frames,
+    is_wan_base_model,
+    token_space_for,
+)
 
 FORMAT_NAME = "reenact-anything/motion-embedding"
 FORMAT_VERSION = 1
 ARCHITECTURE = "stable-video-diffusion-img2vid/motion-embedding"
+WAN_ARCHITECTURE = "wan-2.x/motion-embedding"
 
 MAX_FILE_BYTES = 64 * 2**20  # a 25x77x1024 fp32 embedding is 8 MB; anything far larger is not ours
 MAX_HEADER_BYTES = 256 * 2**10
@@ -53,8 +68,10 @@ def build_metadata(
 ) -> dict[str, str]:
     """The metadata an embedding is saved with (all values strings, as safetensors requires)."""
     meta: dict[str, str] = dict(embedding.metadata)
+    # SVD's family follows from the frame count; a Wan family (set by whoever learned it) is kept as it is.
+    base_model = meta["base_model"] if is_wan_base_model(meta.get("base_model")) else base_model_for_frames(embedding.frames)
     fields: dict[str, object | None] = {
-        "base_model": base_model_for_frames(embedding.frames),
+        "base_model": base_model,
         "steps": steps,
         "learning_rate": learning_rate,
         "seed": seed,
@@ -64,7 +81,19 @@ def build_metadata(
     }
     meta.update({k: str(v) for k, v in fields.items() if v is not None})
     meta.update({k: str(v) for k, v in (extra or {}).items()})
+    _add_model_keys(meta, embedding.frames)
     return meta
+
+
+def _add_model_keys(meta: dict[str, str], frames: int) -> None:
+    """base_model (SVD's from the frame count unless set), token_space (from base_model unless set) and, for Wan
+    embeddings, latent_frames (always the row count: a resampled embedding keeps its old metadata)."""
+    if meta.get("token_space") == TOKEN_SPACE_UMT5 and not is_wan_base_model(meta.get("base_model")):
+        meta["base_model"] = "wan"
+    meta.setdefault("base_model", base_model_for_frames(frames))
+    meta.setdefault("token_space", token_space_for(meta["base_model"]))
+    if meta["token_space"] == TOKEN_SPACE_UMT5:
+        meta["latent_frames"] = str(frames)
 
 
 def save_embedding(embedding: MotionEmbedding, path: str | os.PathLike) -> Path:
@@ -83,11 +112,11 @@ def save_embedding(embedding: MotionEmbedding, path: str | os.PathLike) -> Path:
             "dim": str(embedding.dim),
             "pack_version": __version__,
             "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": ARCHITECTURE,
+            "modelspec.architecture": WAN_ARCHITECTURE if _is_wan(embedding.metadata) else ARCHITECTURE,
             "modelspec.implementation": "https://github.com/reenact-anything/ComfyUI-ReenactAnything",
         }
     )
-    meta.setdefault("base_model", base_model_for_frames(embedding.frames))
+    _add_model_keys(meta, embedding.frames)
     meta.setdefault("modelspec.title", path.stem)
     meta.setdefault("modelspec.date", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat())
     tensors = {
@@ -151,6 +180,7 @@ def parse_embedding(data: bytes, name: str = "embedding") -> MotionEmbedding:
             raise EmbeddingFileError(f"{name}: metadata says {key}={_show(meta[key])} but the tensors have {value}; the file is inconsistent")
     if not (1 <= frames <= MAX_FRAMES and 1 <= tokens <= MAX_TOKENS and 1 <= dim <= MAX_DIM):
         raise EmbeddingFileError(f"{name}: implausible embedding size {frames}x{tokens}x{dim}")
+    _check_model_keys(meta, frames, dim, name)
 
     try:
         loaded = safetensors.torch.load(data)
@@ -222,6 +252,25 @@ def _check_metadata(meta: object, name: str) -> dict[str, str]:
     if version < 1:
         raise EmbeddingFileError(f"{name}: invalid format_version {_show(version)}")
     return dict(meta)
+
+
+def _is_wan(meta) -> bool:
+    return meta.get("token_space") == TOKEN_SPACE_UMT5 or is_wan_base_model(meta.get("base_model"))
+
+
+def _check_model_keys(meta: dict[str, str], frames: int, dim: int, name: str) -> None:
+    """token_space and latent_frames agree with the tensors; a file without token_space (made before Wan support)
+    gets the one its base_model implies ('clip_image' for SVD's)."""
+    space = meta.setdefault("token_space", token_space_for(meta.get("base_model")))
+    if space not in TOKEN_SPACES:
+        raise EmbeddingFileError(
+            f"{name}: its tokens are for the token space {_show(space)}, which this version of Reenact Anything ({__version__}) "
+            f"does not know (it knows {', '.join(TOKEN_SPACES)}); update the node pack"
+        )
+    if space == TOKEN_SPACE_UMT5 and dim != UMT5_DIM:
+        raise EmbeddingFileError(f"{name}: metadata says umT5 tokens (Wan), which are {UMT5_DIM} wide, but the tensors are {dim} wide; the file is inconsistent")
+    if "latent_frames" in meta and _int_field(meta, "latent_frames", name) != frames:
+        raise EmbeddingFileError(f"{name}: metadata says latent_frames={_show(meta['latent_frames'])} but the tensors have {frames} frames; the file is inconsistent")
 
 
 def _int_field(meta: dict[str, str], key: str, name: str) -> int:

@@ -20,6 +20,7 @@ the attribute names of ComfyUI's ``WanT2VCrossAttention`` / ``WanI2VCrossAttenti
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -208,3 +209,106 @@ class FramewiseCrossAttention:
             img = self.attention(q, m.norm_k_img(m.k_img(context_img)), m.v_img(context_img), heads, **attention_kwargs)
             out = out + img
         return m.o(out)
+
+
+# -- applying an embedding to a Wan model: a replacement for each block's cross-attention forward ------------------------
+
+
+def cond_rows(batch: int, cond_or_uncond) -> torch.Tensor:
+    """Which rows of a batch of ``batch`` are the positive: a boolean [batch].
+
+    ComfyUI's sampler concatenates conds along the batch and says what each equal chunk is in
+    ``transformer_options["cond_or_uncond"]`` (0 = positive, 1 = negative; e.g. [1, 0]). Without that list (a call
+    outside the sampler) every row counts as positive.
+    """
+    if not cond_or_uncond:
+        return torch.ones(batch, dtype=torch.bool)
+    chunks = len(cond_or_uncond)
+    if batch % chunks:
+        raise ValueError(f"a batch of {batch} rows does not split into the {chunks} conds ComfyUI says it holds ({list(cond_or_uncond)})")
+    return torch.tensor([c == 0 for c in cond_or_uncond], dtype=torch.bool).repeat_interleave(batch // chunks)
+
+
+class WanMotionPatch:
+    """A stand-in for one Wan cross-attention module's ``forward`` that applies a motion embedding to the positive.
+
+    Installed (by the node glue) as the module's ``forward`` through a ComfyUI object patch, so the module, its
+    weights and state-dict keys stay as they are (LoRAs and weight patches still apply) and unpatching restores the
+    stock forward. Called as the Wan block calls its cross-attention (``x, context, context_img_len=...,
+    transformer_options=...``; the T2V and I2V classes both accept that) it returns::
+
+        stock                                               on the negative's rows, and everywhere at strength 0
+        stock + strength * (per_frame - stock)              on the positive's rows (exactly per_frame at strength 1)
+
+    where ``stock`` is ``original_forward`` (the module's own forward, or whatever patch was there before) and
+    ``per_frame`` is :class:`FramewiseCrossAttention` over ``tokens.context`` (the embedding's per-frame umT5
+    context, through the model's ``text_embedding``) with the I2V image branch kept as stock computes it
+    (``context[:, :context_img_len]``, the already-embedded CLIP tokens). The per-frame context replaces the
+    prompt in the positive: the learned tokens take the place of the text, as they take SVD's image token.
+    """
+
+    def __init__(self, module, original_forward: Callable, tokens: EmbeddedMotionTokens, strength: float,
+                 attention: Attention = reference_attention):
+        self.module = module
+        self.original_forward = original_forward
+        self.tokens = tokens
+        self.strength = float(strength)
+        self.framewise = FramewiseCrossAttention(module, tokens.latent_frames, attention=attention)
+        # WanI2VCrossAttention sums an image branch; WanT2VCrossAttention has none (it ignores context_img_len).
+        self.image_branch = self.framewise.has_image_branch
+
+    def __call__(self, x: torch.Tensor, context: torch.Tensor, context_img_len: int | None = None,
+                 transformer_options: dict | None = None, **kwargs) -> torch.Tensor:
+        transformer_options = {} if transformer_options is None else transformer_options
+        stock = self.original_forward(x, context, context_img_len=context_img_len, transformer_options=transformer_options, **kwargs)
+        if self.strength == 0.0:
+            return stock
+        rows = cond_rows(x.shape[0], transformer_options.get("cond_or_uncond")).to(x.device)
+        if not bool(rows.any()):
+            return stock
+        self.tokens.check_video_tokens(x.shape[1], transformer_options)
+        frame_ctx = self.tokens.embedded(context)
+        context_img = context[rows, :context_img_len] if self.image_branch else None
+        per_frame = self.framewise(x[rows], frame_ctx, context_img=context_img, transformer_options=transformer_options)
+        mixed = per_frame if self.strength == 1.0 else stock[rows] + self.strength * (per_frame.to(stock.dtype) - stock[rows])
+        out = stock.clone()
+        out[rows] = mixed.to(stock.dtype)
+        return out
+
+
+class EmbeddedMotionTokens:
+    """The per-frame umT5 context of one applied embedding, shared by every block's :class:`WanMotionPatch`.
+
+    ``context`` [F*(N+M), 4096] is :func:`frame_context` of the embedding resampled to ``latent_frames`` (kept on
+    the CPU in float32). :meth:`embedded` puts it through the model's ``text_embedding`` (umT5 space -> model width)
+    on the sampling device and dtype, once per model call: all blocks of one forward pass get the same stock
+    ``context`` tensor, so the result is reused while that tensor is the one passed in.
+    """
+
+    def __init__(self, frame_tokens: torch.Tensor, shared_tokens: torch.Tensor | None, latent_frames: int, text_embedding: Callable):
+        self.latent_frames = latent_frames
+        self.context = frame_context(frame_tokens.detach().float().cpu(),
+                                     None if shared_tokens is None else shared_tokens.detach().float().cpu(), latent_frames)
+        self.text_embedding = text_embedding
+        self._for = None  # weak reference to the stock context the cached value was made for
+        self._embedded = None
+
+    def embedded(self, context: torch.Tensor) -> torch.Tensor:
+        """[1, F*(N+M), dim]: the per-frame context in the model's width, on ``context``'s device and dtype."""
+        if self._for is not None and self._for() is context and self._embedded is not None:
+            return self._embedded
+        out = self.text_embedding(self.context.to(device=context.device, dtype=context.dtype)[None])
+        self._for, self._embedded = weakref.ref(context), out
+        return out
+
+    def check_video_tokens(self, video_tokens: int, transformer_options: dict) -> None:
+        """Refuse a latent with another frame count than the one the motion was laid out for."""
+        grid = transformer_options.get("grid_sizes")  # newer ComfyUI: (frames, height, width) in patches
+        frames = int(grid[0]) if grid is not None and len(grid) == 3 else None
+        if video_tokens % self.latent_frames or (frames is not None and frames != self.latent_frames):
+            raise ValueError(
+                f"Apply Motion Embedding laid the motion out over {self.latent_frames} latent frames (the frame count of the "
+                f"latent connected to it), but the model is sampling {video_tokens} video tokens"
+                + (f" in {frames} latent frames" if frames is not None else f", which is not {self.latent_frames} equal frames")
+                + ": connect the latent you sample (e.g. WanImageToVideo's latent) to Apply Motion Embedding's latent input."
+            )

@@ -359,7 +359,7 @@ def test_an_embedding_made_here_passes_the_comfyui_loader_and_apply_nodes(comfy,
     positive = [[image_token, {"concat_latent_image": torch.zeros(1, 4, 8, 8)}]]
     negative = [[torch.zeros_like(image_token), {"concat_latent_image": torch.zeros(1, 4, 8, 8)}]]
     latent = {"samples": torch.zeros(7, 4, 8, 8)}
-    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=loaded, latent=latent, strength=1.0)
+    pos, neg, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=loaded, latent=latent, strength=1.0)
     assert pos[0][0].shape == (7, TOKENS, DIM) and torch.allclose(pos[0][0], inverted[0].embedding.resample_frames(7).spatial)
     assert torch.equal(pos[0][1]["time_conditioning"][0], inverted[0].embedding.temporal)
     assert neg[0][0].shape == (7, TOKENS, DIM) and not neg[0][0].any()

@@ -46,7 +46,7 @@ def generate(comfy, motion_world, first_frame, embedding, strength):
         comfy, "SVD_img2vid_Conditioning", clip_vision=clip_vision, init_image=first_frame[None], vae=vae,
         width=SIZE, height=SIZE, video_frames=FRAMES, motion_bucket_id=127, fps=6, augmentation_level=0.0,
     )
-    positive, negative, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength)
+    positive, negative, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=strength)
     (guided,) = run_node(comfy, "VideoLinearCFGGuidance", model=model, min_cfg=1.0)
     (samples,) = run_node(
         comfy, "KSampler", model=guided, seed=0, steps=20, cfg=MOTION_WORLD_CFG, sampler_name="euler", scheduler="karras",

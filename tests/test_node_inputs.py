@@ -266,7 +266,7 @@ def _embedding(pack, seed, frames=FRAMES, tokens=2):
 def test_strength_scales_the_motion_away_from_the_targets_own_token_beyond_one_too(comfy, pack, conditioning, strength):
     positive, negative, latent = conditioning
     motion = _embedding(pack, 1)
-    (applied_positive, applied_negative, _) = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative,
+    (applied_positive, applied_negative, _, _) = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative,
                                                    motion_embedding=motion, latent=latent, strength=strength)
     image_token = positive[0][0].reshape(-1, 1024).float().mean(0)
     expected = image_token + strength * (motion.spatial - image_token)

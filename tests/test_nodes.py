@@ -221,7 +221,7 @@ class AttentionProbe:
 def test_apply_routes_frame_tokens_and_shared_tokens_into_the_unet(comfy, svd, inverted):
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd)
-    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     probe = AttentionProbe(svd[0].model.diffusion_model)
     try:
         images = sample(comfy, svd, pos, neg, latent)
@@ -252,9 +252,9 @@ def test_strength_zero_is_stock_svd_and_the_motion_changes_the_video(comfy, svd,
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd)
     stock = sample(comfy, svd, positive, negative, latent)
-    pos0, neg0, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=0.0)
+    pos0, neg0, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=0.0)
     neutral = sample(comfy, svd, pos0, neg0, latent)
-    pos1, neg1, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos1, neg1, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     moved = sample(comfy, svd, pos1, neg1, latent)
     assert torch.allclose(neutral, stock, atol=2e-3), float((neutral - stock).abs().max())
     assert float((moved - stock).abs().mean()) > 10 * float((neutral - stock).abs().mean()) + 1e-3
@@ -263,7 +263,7 @@ def test_strength_zero_is_stock_svd_and_the_motion_changes_the_video(comfy, svd,
 def test_apply_resamples_to_the_latent_frame_count(comfy, svd, inverted, pack):
     embedding = inverted[0]
     positive, negative, latent = conditioning(comfy, svd, frames=7)
-    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     expected = embedding.resample_frames(7).spatial
     assert torch.allclose(pos[0][0], expected) and pos[0][0].shape == (7, 3, 1024)
     assert torch.equal(pos[0][1]["time_conditioning"][0], embedding.temporal)
@@ -319,7 +319,7 @@ def test_inversion_denoiser_matches_comfyui_sampler_on_applied_conditioning(comf
     embedding = inverted[0]
     model, _, vae = svd
     positive, negative, latent = conditioning(comfy, svd)
-    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     seen = {}
 
     def capture(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):

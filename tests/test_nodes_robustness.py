@@ -393,7 +393,7 @@ def test_an_svd_motion_on_an_svd_xt_latent_is_resampled(comfy, svd):
     embedding, _ = run_node(comfy, "LoadMotionEmbedding", embedding_name=EXAMPLE_EMBEDDING)
     assert embedding.frames == 14
     positive, negative, latent = conditioning(comfy, svd, frames=25)
-    pos, neg, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
+    pos, neg, _, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=embedding, latent=latent, strength=1.0)
     spatial = pos[0][0]
     assert spatial.shape == (25, embedding.tokens, 1024) and neg[0][0].shape == spatial.shape
     assert torch.equal(spatial[0], embedding.spatial[0]) and torch.allclose(spatial[-1], embedding.spatial[-1])

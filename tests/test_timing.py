@@ -132,12 +132,12 @@ def test_apply_says_what_the_frame_count_does_to_the_speed_and_can_keep_it(comfy
     g = torch.Generator().manual_seed(0)
     motion = pack.embedding.MotionEmbedding(torch.randn(4, 2, 1024, generator=g), torch.randn(2, 1024, generator=g),
                                             {"motion_fps": "2.0", "fps": "2"})
-    kept_pos, kept_neg, info = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=motion,
+    kept_pos, kept_neg, info, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=motion,
                                         latent=latent, strength=1.0, keep_speed=True)
     # 4 frames at 2 fps = 1.5 s of motion; over 7 frames the same 1.5 s needs 4 fps (SVD_img2vid_Conditioning said 6).
     assert kept_pos[0][1]["fps"] == 4 and kept_neg[0][1]["fps"] == 4
     assert "at 2 fps" in info and "keeps its speed at 4 fps" in info and "set to 4 (keep_speed)" in info
-    plain_pos, plain_neg, info = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=motion,
+    plain_pos, plain_neg, info, _ = run_node(comfy, "ApplyMotionEmbedding", positive=positive, negative=negative, motion_embedding=motion,
                                           latent=latent, strength=1.0)
     assert plain_pos[0][1]["fps"] == plain_neg[0][1]["fps"] == 6
     assert "left at 6 (keep_speed off)" in info and "Save the video at 4 fps" in info

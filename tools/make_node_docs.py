@@ -26,8 +26,11 @@ USAGE = {
     "MotionInversionOptions": "Optional: connect to `options` of **Motion Textual Inversion**. Without it the defaults shown here apply.",
     "SaveMotionEmbedding": "Files land in `output/motion_embeddings/` and appear in **Load Motion Embedding** right away.",
     "LoadMotionEmbedding": "Lists `models/motion_embeddings/`, `output/motion_embeddings/` and the pack's bundled example.",
-    "ApplyMotionEmbedding": "Between **SVD_img2vid_Conditioning** and **KSampler** (through **VideoLinearCFGGuidance** for the model): "
-    "positive, negative and latent come from SVD_img2vid_Conditioning; its positive/negative outputs go to the sampler.",
+    "ApplyMotionEmbedding": "SVD: between **SVD_img2vid_Conditioning** and **KSampler** (through **VideoLinearCFGGuidance** for the model): "
+    "positive, negative and latent come from SVD_img2vid_Conditioning; its positive/negative outputs go to the sampler; the model "
+    "input can stay unconnected. Wan 2.1/2.2: connect the Wan model (**Load Diffusion Model**) to `model` and its `model` output to "
+    "the sampler (after any LoRA loaders); positive, negative and latent come from **WanImageToVideo** (TI2V-5B: your text encoder "
+    "and **Wan22ImageToVideoLatent**) and pass through to the sampler. The embedding must have been learned on the same family.",
     "MixMotionEmbeddings": "Blend two learned motions before **Apply Motion Embedding**; both must use the same tokens per frame.",
     "MotionWorldLoader": "Use it in place of **Image Only Checkpoint Loader** to try the whole pipeline on CPU in seconds: "
     "8 frames at 64x64 in SVD_img2vid_Conditioning and Motion Textual Inversion.",
