@@ -48,7 +48,7 @@ SIZES = {  # (width, height without the title bar)
     "LoadMotionEmbedding": (NODE_WIDTH, 145),
     "LoadImage": (NODE_WIDTH, 335),
     "SVD_img2vid_Conditioning": (NODE_WIDTH, 222),
-    "ApplyMotionEmbedding": (NODE_WIDTH, 238),
+    "ApplyMotionEmbedding": (NODE_WIDTH, 262),  # 5 input rows since the optional model input (Wan)
     "VideoLinearCFGGuidance": (NODE_WIDTH, 62),
     "KSampler": (NODE_WIDTH, 266),
     "VAEDecode": (NODE_WIDTH, 50),
