@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         runs = {name: {**overrides, "steps": args.steps} for name, overrides in runs.items()}
     longs = long_runs(args.long)
     runs.update(longs)
-    with torch.inference_mode(False), nodes.trainable_svd(model, torch.float32, False) as (base, device):
+    with torch.inference_mode(False), nodes.trainable_model(model, torch.float32, False) as (base, device):
         denoiser = nodes.ComfySVDDenoiser(base, device, 6, 127, 0.0)
         done: dict[str, str] = {}  # config -> variant name: an alternative equal to the defaults is not run twice
         for name, overrides in runs.items():

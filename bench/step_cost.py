@@ -9,7 +9,7 @@
 
 A step is exactly what the Motion Textual Inversion node runs per step: ``reenact_core.inversion.invert``
 with ``steps=1`` (no evaluation draws) on the node's private frozen copy of the UNet
-(``nodes.comfy_denoiser.trainable_svd``: weights frozen, SDPA attention, optional per-layer gradient
+(``nodes.comfy_denoiser.trainable_model``: weights frozen, SDPA attention, optional per-layer gradient
 checkpointing): sample sigma and noise, forward, EDM loss, backward down to the embedding only, AdamW.
 The forward is one call of the same denoiser under ``torch.inference_mode()``. Per repeat the forward,
 the step without and the step with checkpointing run one after the other (two private copies of the
@@ -119,8 +119,8 @@ def measure_dtype(env, args, dtype, dtype_name, sizes, peak, default_steps) -> l
     rows = []
     try:
         with contextlib.ExitStack() as stack:
-            plain, device = stack.enter_context(cd.trainable_svd(source, dtype, False, preflight=capture))
-            ckpt, _ = stack.enter_context(cd.trainable_svd(source, dtype, True))
+            plain, device = stack.enter_context(cd.trainable_model(source, dtype, False, preflight=capture))
+            ckpt, _ = stack.enter_context(cd.trainable_model(source, dtype, True))
             for width, height in sizes:
                 rows += measure_size(env, args, (plain, ckpt), device, dtype_name, width, height, profiles[0] if profiles else None,
                                      peak, default_steps, dim)

@@ -32,7 +32,8 @@ def require_svd(model_patcher) -> None:
     if not isinstance(base, comfy.model_base.SVD_img2vid):
         raise NotAnSVDModel(
             f"Motion inversion needs a Stable Video Diffusion model (svd.safetensors / svd_xt.safetensors "
-            f"loaded with 'Image Only Checkpoint Loader (img2vid model)'), but this MODEL is {kind}."
+            f"loaded with 'Image Only Checkpoint Loader (img2vid model)') or a Wan 2.1/2.2 model (Load Diffusion Model; "
+            f"Wan2.1-I2V, Wan2.2 TI2V-5B or I2V-A14B), but this MODEL is {kind}."
         )
     # SV3D is built on SVD's classes, but its conditioning is the camera orbit: it ignores fps and motion bucket,
     # and its frames are views around an object, not time.
@@ -91,8 +92,8 @@ class ComfySVDDenoiser:
 
 
 @contextlib.contextmanager
-def trainable_svd(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None):
-    """Yield ``(base_model, device)``: a private, frozen copy of the SVD model, loaded for training, with
+def trainable_model(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None):
+    """Yield ``(base_model, device)``: a private, frozen copy of the SVD (or Wan) model, loaded for training, with
     attention that backpropagates. Call it under inference mode (a node); the block runs outside it.
     ``preflight(base, device)`` runs on the loaded copy before the loop (before checkpointing wraps it)."""
     device = model_patcher.load_device
@@ -228,13 +229,15 @@ def _protect_saved_norm_inputs(unet) -> None:
 def checkpoint_units(unet) -> list[torch.nn.Module]:
     """The layers of every UNet block (resblocks, transformers, down/upsamplers). ComfyUI's UNet runs a
     block by calling its layers one by one (forward_timestep_embed), never the block's own forward, so
-    these are the modules whose calls can be checkpointed and measured."""
+    these are the modules whose calls can be checkpointed and measured. A DiT (Wan): its transformer blocks."""
+    if not hasattr(unet, "input_blocks") and hasattr(unet, "blocks"):
+        return list(unet.blocks)
     blocks = list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks)
     return [layer for block in blocks for layer in block]
 
 
 def _checkpoint_blocks(unet) -> None:
-    """Recompute each UNet layer in the backward pass instead of storing its activations."""
+    """Recompute each UNet layer (DiT block) in the backward pass instead of storing its activations."""
     for layer in checkpoint_units(unet):
         forward = layer.forward
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import comfy.utils
 import torch
 
@@ -20,11 +18,13 @@ from ..reenact_core.inversion import (
     initial_tokens,
     invert,
     labelled_embedding,
+    seeded_rng,
 )
 from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
 from ..reenact_core.video import SAMPLINGS, ReferenceClip, fit_frames, frames_for_inversion
-from . import private_model
-from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, model_family, require_svd, trainable_svd
+from ..reenact_core.wan import latent_frames_for
+from . import private_model, wan_apply, wan_inversion
+from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, model_family, require_svd, trainable_model
 
 CATEGORY = "Reenact Anything"
 PREVIEWS_PER_RUN = 40
@@ -78,9 +78,9 @@ class MotionInversionOptions:
 
 class MotionTextualInversion:
     DESCRIPTION = (
-        "Learns the motion of a reference video as an embedding for Stable Video Diffusion (motion-textual "
-        "inversion): SVD stays frozen, only the per-frame cross-attention tokens are optimised. Apply the result "
-        "to any image with Apply Motion Embedding."
+        "Learns the motion of a reference video as an embedding (motion-textual inversion) for Stable Video Diffusion "
+        "or Wan 2.1/2.2: the model stays frozen, only the per-frame cross-attention tokens are optimised (on Wan: umT5 "
+        "tokens per latent frame, in place of the prompt). Apply the result to any image with Apply Motion Embedding."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MOTION_EMBEDDING", "IMAGE", "STRING")
@@ -97,24 +97,24 @@ class MotionTextualInversion:
         d = InversionConfig()
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "SVD or SVD-XT from Image Only Checkpoint Loader. It is not modified."}),
-                "vae": ("VAE", {"tooltip": "The VAE from the same checkpoint, used to encode the reference frames."}),
+                "model": ("MODEL", {"tooltip": "SVD or SVD-XT from Image Only Checkpoint Loader, or a Wan 2.1/2.2 model from Load Diffusion Model (Wan2.1-I2V, Wan2.2 TI2V-5B; for I2V-A14B the high-noise model, where motion is decided). It is not modified."}),
+                "vae": ("VAE", {"tooltip": "The VAE the model is used with, to encode the reference frames: SVD's checkpoint VAE; Wan 2.1 and A14B: wan_2.1_vae; TI2V-5B: wan2.2_vae."}),
                 "motion_reference": ("MOTION_REFERENCE", {"tooltip": "The clip whose motion is learned (Load Motion Reference)."}),
                 "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimisation steps; the default cosine schedule decays the learning rate to zero over them. More steps fit the reference more closely (docs/development.md measures how the fit grows with steps)."}),
                 "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-5, "max": 1.0, "step": 1e-4, "round": 1e-5, "tooltip": "AdamW learning rate for the tokens after warm-up (peak of the schedule). Lower it if the loss curve jumps about."}),
                 "tokens_per_frame": ("INT", {"default": d.tokens_per_frame, "min": 1, "max": 64, "tooltip": "N tokens per frame (and in the shared temporal set). More tokens capture more detailed motion."}),
-                "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT. By default they are spread evenly over the whole reference (see frame_sampling)."}),
+                "video_frames": ("INT", {"default": 14, "min": 2, "max": 128, "tooltip": "Frames the motion is learned for: 14 for SVD, 25 for SVD-XT, 81 for Wan (4k+1 frames; 121 for TI2V-5B at 24 fps). By default they are spread evenly over the whole reference (see frame_sampling)."}),
                 "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation width. The embedding's shape does not depend on it, but its fidelity does: lower than the generation size is faster and needs less VRAM, at a cost (on Motion World, inverting at half size transferred 4.1 px off against 0.94 px at full size). Use the generation size (1024x576 for SVD) when it fits."}),
                 "height": ("INT", {"default": 288, "min": 64, "max": 2048, "step": 8, "tooltip": "Optimisation height (the reference is resized and centre-cropped to width x height)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed for noise, noise levels and augmentations. Same inputs and seed give the same embedding."}),
-                "fps": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "SVD's fps conditioning during inversion. 0 = auto: the frame rate the learned frames really have (the reference's rate, lower when frame_sampling spreads a long clip over video_frames), so SVD is told the truth about the motion's speed. The report output says which value was used."}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 1, "max": 1023, "tooltip": "SVD's motion bucket conditioning during inversion."}),
-                "augmentation_level": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "SVD's augmentation-level conditioning during inversion."}),
+                "fps": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "SVD's fps conditioning during inversion (Wan has none: ignored there). 0 = auto: the frame rate the learned frames really have (the reference's rate, lower when frame_sampling spreads a long clip over video_frames), so SVD is told the truth about the motion's speed. The report output says which value was used."}),
+                "motion_bucket_id": ("INT", {"default": 127, "min": 1, "max": 1023, "tooltip": "SVD's motion bucket conditioning during inversion (ignored on Wan)."}),
+                "augmentation_level": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "SVD's augmentation-level conditioning during inversion (ignored on Wan)."}),
                 "precision": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Compute precision of the frozen model: auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the backward pass: much less VRAM for about 30% more time."}),
             },
             "optional": {
-                "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: start from the reference frames' CLIP image embeddings (the checkpoint's CLIP vision). Without it the tokens start from SVD's empty context."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "SVD, optional: start from the reference frames' CLIP image embeddings (the checkpoint's CLIP vision); without it the tokens start from SVD's empty context. Wan2.1-I2V: required (Load CLIP Vision, clip_vision_h), the model reads the start image through it. Other Wan models: not used."}),
                 "options": ("MOTION_INVERSION_OPTIONS", {"tooltip": "Optional advanced settings (Motion Inversion Options)."}),
                 "frame_sampling": (list(SAMPLINGS), {"default": SAMPLINGS[0], "tooltip": "Which reference frames are learned: spread evenly over the whole clip (the whole motion, at a lower frame rate when the clip is long), or the first video_frames frames at the clip's own rate (a short motion at its real speed; trim the start with skip_first_frames)."}),
             },
@@ -141,6 +141,8 @@ class MotionTextualInversion:
         options=None,
         frame_sampling=SAMPLINGS[0],
     ):
+        if wan_apply.is_wan(model):
+            return self._invert_wan(locals())
         require_svd(model)
         options = dict(options or {})
         pixel_noise = conditioning_pixel_noise(options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0]), augmentation_level)
@@ -151,7 +153,7 @@ class MotionTextualInversion:
         fps = fps or fps_conditioning(motion_fps)  # 0 = auto: SVD is told the rate the learned frames have
 
         # The VAE samples its latent distribution: seed that noise too, so the embedding is reproducible.
-        with _seeded(seed, model.load_device):
+        with seeded_rng(seed, model.load_device):
             training_latents = encode_training_clips(frames, lambda clip: model.model.process_latent_in(vae.encode(clip)), config)
         _check_latents(training_latents, model, width, height)  # (with pixel noise, the last latent is the conditioning frame's)
         frame_embeds = clip_vision.encode_image(frames).image_embeds if clip_vision is not None else None
@@ -159,20 +161,7 @@ class MotionTextualInversion:
         init = initial_tokens(video_frames, config, torch.Generator().manual_seed(seed), frame_embeds, dim=context_dim)
         private_model.offload(getattr(vae, "patcher", None), getattr(clip_vision, "patcher", None))  # their VRAM goes to activations
 
-        progress = comfy.utils.ProgressBar(steps)
-        preview_every = max(1, steps // PREVIEWS_PER_RUN)
-        history: list[float] = []
-        drift: list[float] = []
-
-        def on_step(info):
-            private_model.raise_if_interrupted()
-            history.append(info.loss)
-            drift.append(info.drift)
-            preview = None
-            if info.step % preview_every == 0 or info.step == info.steps:
-                preview = ("JPEG", render_loss_curve(history, info.steps, drift=drift), 640)
-            progress.update_absolute(info.step, info.steps, preview)
-
+        on_step = _progress_callback(steps)
         device = model.load_device
         dtype = compute_dtype(precision, device)
         latent_shape = [video_frames, 4, height // 8, width // 8]
@@ -185,7 +174,7 @@ class MotionTextualInversion:
             check_memory(profile, private_model.free_vram(device), video_frames, height, width, gradient_checkpointing)
 
         memory_required = _memory_required(model, latent_shape, gradient_checkpointing)
-        with trainable_svd(model, dtype, gradient_checkpointing, memory_required, preflight) as (base, device):
+        with trainable_model(model, dtype, gradient_checkpointing, memory_required, preflight) as (base, device):
             denoiser = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
             try:
                 result = invert(
@@ -212,6 +201,50 @@ class MotionTextualInversion:
                                   drift=result.drift_history, evals=result.eval_history, verdict=verdict)
         report = _report(motion_reference, video_frames, frame_sampling, motion_fps, fps, result, verdict)
         return {"ui": {"text": [report]}, "result": (embedding, pil_to_image_batch(curve), report)}
+
+    def _invert_wan(self, inputs: dict):
+        """The same node on a Wan 2.1/2.2 MODEL (nodes/wan_inversion.py); fps, motion_bucket_id and augmentation_level
+        are SVD's conditioning and do not apply."""
+        inputs = {k: v for k, v in inputs.items() if k != "self"}
+        steps = inputs["steps"]
+        latent_frames = latent_frames_for(inputs["video_frames"])
+        latent = model_latent_shape(inputs["model"], latent_frames, inputs["height"], inputs["width"])
+        embedding, result, lines, verdict = wan_inversion.invert_wan(
+            inputs, _progress_callback(steps), compute_dtype, _memory_required(inputs["model"], latent, inputs["gradient_checkpointing"]),
+        )
+        curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss,
+                                  drift=result.drift_history, evals=result.eval_history, verdict=verdict)
+        if result.eval_history:
+            lines.append("Held-out loss: " + ", ".join(f"{loss:.4g} (step {step})" for step, loss in result.eval_history) + ".")
+        lines.append(f"Verdict: {verdict}.")
+        report = "\n".join(lines)
+        return {"ui": {"text": [report]}, "result": (embedding, pil_to_image_batch(curve), report)}
+
+
+def model_latent_shape(model, latent_frames: int, height: int, width: int) -> list[int]:
+    """[1, C, T, h, w] of a Wan latent at this size, for ComfyUI's memory estimate."""
+    latent_format = model.model.latent_format
+    scale = 16 if latent_format.latent_channels == 48 else 8  # Wan2.2's VAE compresses 16x, Wan2.1's 8x
+    return [1, latent_format.latent_channels, latent_frames, height // scale, width // scale]
+
+
+def _progress_callback(steps: int):
+    """Per step: stop on ComfyUI's interrupt, move the progress bar, and now and then preview the loss curve."""
+    progress = comfy.utils.ProgressBar(steps)
+    preview_every = max(1, steps // PREVIEWS_PER_RUN)
+    history: list[float] = []
+    drift: list[float] = []
+
+    def on_step(info):
+        private_model.raise_if_interrupted()
+        history.append(info.loss)
+        drift.append(info.drift)
+        preview = None
+        if info.step % preview_every == 0 or info.step == info.steps:
+            preview = ("JPEG", render_loss_curve(history, info.steps, drift=drift), 640)
+        progress.update_absolute(info.step, info.steps, preview)
+
+    return on_step
 
 
 def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: float, fps: int, result, verdict: str) -> str:
@@ -270,11 +303,3 @@ def _memory_required(model, latent_shape, checkpointing: bool) -> int:
     except TypeError:
         forward = model.model.memory_required(latent_shape)
     return int(forward * (2 if checkpointing else 4))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Seed torch's global RNGs for a block and restore them afterwards (other nodes keep their streams)."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield

@@ -16,7 +16,7 @@ GPU punishes and ``--cpu`` hides (every rule has a CPU test with a stand-in, tes
    mode, as far as VRAM is short for it; the copy is unloaded and dropped however the inversion ends.
 3. **Attention has a backward.** For the loop, ComfyUI's ``optimized_attention`` is PyTorch SDPA (or stays
    xformers when ComfyUI chose xformers), whatever ComfyUI (sage, flash, comfy-kitchen int8) or another
-   pack installed: the motion tokens reach the loss only through cross-attention. The user's functions
+   pack installed, in the attention module and in every model file that imported it by name (Wan): the motion tokens reach the loss only through cross-attention. The user's functions
    are back in place afterwards, on success, error and interrupt. ComfyUI's ``in_training`` flag (2026+;
    it selects differentiable kernels) is on for the loop, and restored too.
 
@@ -245,20 +245,30 @@ def differentiable_attention():
     import comfy.ldm.modules.attention as attention
 
     mm = comfy.model_management
-    saved = {name: getattr(attention, name) for name in ("optimized_attention", "optimized_attention_masked") if hasattr(attention, name)}
+    # Model files that imported the function by name (``from ...attention import optimized_attention``: Wan, Flux)
+    # hold their own binding, chosen at start-up: each is switched too.
+    bindings = [(attention, name) for name in ("optimized_attention", "optimized_attention_masked") if hasattr(attention, name)]
+    bindings += [(module, "optimized_attention") for module in _model_modules() if module is not attention and hasattr(module, "optimized_attention")]
+    saved = [(module, name, getattr(module, name)) for module, name in bindings]
     saved_in_training = getattr(mm, "in_training", None)
     chosen = training_attention()
     try:
-        for name in saved:
-            setattr(attention, name, chosen)
+        for module, name, _ in saved:
+            setattr(module, name, chosen)
         if saved_in_training is not None:
             mm.in_training = True
         yield chosen
     finally:
-        for name, function in saved.items():
-            setattr(attention, name, function)
+        for module, name, function in saved:
+            setattr(module, name, function)
         if saved_in_training is not None:
             mm.in_training = saved_in_training
+
+
+def _model_modules() -> list:
+    import sys
+
+    return [module for name, module in list(sys.modules.items()) if name.startswith("comfy.ldm.") and module is not None]
 
 
 def training_attention():

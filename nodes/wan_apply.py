@@ -41,6 +41,14 @@ def model_kind(model) -> str:
     )
 
 
+def is_wan(model) -> bool:
+    """A Wan 2.1/2.2 MODEL whose blocks the pack can patch (False for SVD and anything else)."""
+    try:
+        return model_kind(model) == "wan"
+    except ValueError:
+        return False
+
+
 def _check_wan_blocks(base) -> None:
     import comfy.ldm.wan.model as wan_model
 

@@ -12,6 +12,7 @@ gradients down to the tokens and never a weight gradient.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -154,6 +155,15 @@ def convergence_verdict(result: InversionResult) -> str:
 def derived_seed(seed: int, stream: int) -> int:
     """Independent generator streams from one user seed (which may be up to 2**64 - 1)."""
     return (seed + stream * 0x9E3779B97F4A7C15) % 2**64
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | None = None):
+    """Seed torch's global RNGs for a block (e.g. a VAE that samples its latent distribution) and restore them
+    afterwards, so the caller's other streams are unchanged."""
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def edm_weight(sigma: torch.Tensor) -> torch.Tensor:

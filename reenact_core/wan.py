@@ -312,3 +312,58 @@ class EmbeddedMotionTokens:
                 + (f" in {frames} latent frames" if frames is not None else f", which is not {self.latent_frames} equal frames")
                 + ": connect the latent you sample (e.g. WanImageToVideo's latent) to Apply Motion Embedding's latent input."
             )
+
+
+# -- learning an embedding on a Wan model ---------------------------------------------------------------------------------
+
+
+def flow_input(noisy: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inversion loop's EDM noising, as a rectified-flow model (Wan) takes it: ``(x_t, t)``.
+
+    The loop noises as ``x0 + s * eps`` (EDM, SVD's parameterisation, :func:`reenact_core.inversion.invert`); Wan
+    is trained on ``(1 - t) * x0 + t * eps``. They are the same point up to a scale: ``t = s / (1 + s)`` and
+    ``x_t = (x0 + s * eps) / (1 + s)``. So the loop, its noise-level distribution and its x0 loss stay as they are:
+    the default log-normal around s = e^2.8 is t of about 0.94, the high-noise end where Wan lays out motion.
+    """
+    return noisy / (1 + sigma), sigma / (1 + sigma)
+
+
+class TrainableMotionContext:
+    """The per-frame umT5 context the inversion optimises, read by every block's :class:`InversionCrossAttention`.
+
+    :meth:`set` is called once per model call with the current tokens (carrying gradients); it builds
+    :func:`frame_context` and puts it through the model's ``text_embedding`` right away, outside the blocks, so
+    that a gradient-checkpointed block recomputes exactly what it computed the first time.
+    """
+
+    def __init__(self, text_embedding: Callable, latent_frames: int):
+        _check_count("latent_frames", latent_frames)
+        self.text_embedding = text_embedding
+        self.latent_frames = latent_frames
+        self.embedded: torch.Tensor | None = None  # [1, F*(N+M), model width]
+
+    def set(self, frame_tokens: torch.Tensor, shared_tokens: torch.Tensor | None, device, dtype) -> None:
+        context = frame_context(frame_tokens, shared_tokens, self.latent_frames)
+        self.embedded = self.text_embedding(context.to(device=device, dtype=dtype)[None])
+
+
+class InversionCrossAttention:
+    """A Wan cross-attention ``forward`` for the inversion's private model copy: every row takes the per-frame
+    context of ``motion`` (no stock pass, nothing to mix: the prompt is not part of a learned motion), and an I2V
+    model's CLIP image branch stays as stock computes it."""
+
+    def __init__(self, module, motion: TrainableMotionContext, attention: Attention = reference_attention):
+        self.motion = motion
+        self.framewise = FramewiseCrossAttention(module, motion.latent_frames, attention=attention)
+
+    def __call__(self, x: torch.Tensor, context: torch.Tensor, context_img_len: int | None = None,
+                 transformer_options: dict | None = None, **kwargs) -> torch.Tensor:
+        if self.motion.embedded is None:
+            raise RuntimeError("TrainableMotionContext.set was not called before the model")
+        self.motion_check(x.shape[1])
+        context_img = context[:, :context_img_len] if self.framewise.has_image_branch and context_img_len else None
+        return self.framewise(x, self.motion.embedded, context_img=context_img, transformer_options=transformer_options or {})
+
+    def motion_check(self, video_tokens: int) -> None:
+        if video_tokens % self.motion.latent_frames:
+            raise ValueError(f"{video_tokens} video tokens are not {self.motion.latent_frames} latent frames of equal size")

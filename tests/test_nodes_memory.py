@@ -23,7 +23,7 @@ def denoiser_module(pack):
 @pytest.fixture(scope="module")
 def profile(comfy, svd, denoiser_module):
     model = svd[0]
-    with denoiser_module.trainable_svd(model, torch.float32, False) as (base, device):
+    with denoiser_module.trainable_model(model, torch.float32, False) as (base, device):
         probe = denoiser_module.ComfySVDDenoiser(base, device, 6, 127, 0.0)
         return denoiser_module.activation_profile(base, probe, 3, 1024, device)
 
@@ -37,7 +37,7 @@ def saved_bytes(denoiser_module, model, frames: int, side: int, checkpointing: b
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with denoiser_module.trainable_svd(model, torch.float32, checkpointing) as (base, device):
+    with denoiser_module.trainable_model(model, torch.float32, checkpointing) as (base, device):
         weights = {t.untyped_storage().data_ptr() for t in list(base.parameters()) + list(base.buffers())}
         denoiser = denoiser_module.ComfySVDDenoiser(base, device, 6, 127, 0.0)
         tokens = torch.zeros(frames, 3, 1024, requires_grad=True)
@@ -124,6 +124,6 @@ def test_private_copy_for_models_from_custom_loaders(svd, pack, denoiser_module,
     private_model = pack_submodule(pack.module, "nodes.private_model")
     monkeypatch.setattr(private_model, "copy_branch", lambda patcher: "copy")
     shared = {p.data_ptr() for p in svd[0].model.parameters()}
-    with denoiser_module.trainable_svd(svd[0], torch.float32, False) as (base, _):
+    with denoiser_module.trainable_model(svd[0], torch.float32, False) as (base, _):
         assert base is not svd[0].model
         assert not shared & {p.data_ptr() for p in base.parameters()}

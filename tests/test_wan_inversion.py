@@ -1,0 +1,249 @@
+"""Motion Textual Inversion on Wan (nodes/wan_inversion.py, reenact_core.wan's inversion pieces) on the tiny Wan test
+models in a real ComfyUI (COMFYUI_ROOT); skipped on a ComfyUI without Wan.
+
+What is stubbed, and why: there is no tiny umT5 (the inversion does not need one: the prompt plays no part in a learned
+motion), and no tiny Wan2.2 VAE (testkit/wan_checkpoint.py says why), so the TI2V-5B-shaped model is inverted through a
+stand-in VAE whose encode is a fixed linear map to 48 channels, 16x smaller, 4 frames per latent frame.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+import pytest
+import torch
+from conftest import comfyui_root
+
+from reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input
+from testkit.comfy_env import pack_submodule, run_node
+
+FRAMES, SIZE, LATENT_FRAMES, TOKENS = 9, 32, 3, 2
+
+
+@pytest.fixture(scope="module")
+def wan(comfy, pack):
+    root = comfyui_root()
+    if not os.path.isfile(os.path.join(root, "comfy", "ldm", "wan", "model.py")):
+        pytest.skip(f"the ComfyUI at {root} has no Wan (comfy/ldm/wan): Wan 2.1 needs ComfyUI >= 0.3.16 (2025-02-26)")
+    return comfy
+
+
+@pytest.fixture(autouse=True)
+def _release_models():
+    yield
+    model_management = sys.modules.get("comfy.model_management")
+    if model_management is not None:
+        model_management.unload_all_models()
+        gc.collect()
+
+
+def load_dit(path):
+    import comfy.sd
+
+    with torch.inference_mode():
+        return comfy.sd.load_diffusion_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def i2v(wan):
+    from testkit.wan_checkpoint import ensure_wan21_i2v_test_model
+
+    return load_dit(ensure_wan21_i2v_test_model())
+
+
+@pytest.fixture(scope="module")
+def ti2v(wan):
+    import comfy.supported_models
+
+    if not hasattr(comfy.supported_models, "WAN22_T2V"):
+        pytest.skip("Wan 2.2 needs ComfyUI >= 0.3.46 (2025-07-28)")
+    from testkit.wan_checkpoint import ensure_wan22_ti2v_test_model
+
+    return load_dit(ensure_wan22_ti2v_test_model())
+
+
+@pytest.fixture(scope="module")
+def wan_vae(wan):
+    from testkit.comfy_env import register_model_folder
+    from testkit.wan_checkpoint import ensure_wan21_vae_test_model
+
+    path = ensure_wan21_vae_test_model()
+    register_model_folder(wan, "vae", path.parent)
+    (vae,) = run_node(wan, "VAELoader", vae_name=path.name)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def clip_vision(wan):
+    from testkit.wan_checkpoint import tiny_wan_clip_vision
+
+    return tiny_wan_clip_vision()
+
+
+class StandInWan22VAE:
+    """encode: [F, H, W, 3] -> [1, 48, (F-1)//4 + 1, H/16, W/16], a fixed linear map of 4x4-pooled pixels (the first
+    latent frame from the first video frame alone, as Wan's causal VAE)."""
+
+    def __init__(self):
+        self.weight = torch.randn(48, 3 * 16 * 16, generator=torch.Generator().manual_seed(5)) / 30
+
+    def encode(self, pixels):
+        f, h, w, _ = pixels.shape
+        groups = [pixels[:1]] + [pixels[i:i + 4] for i in range(1, f - 3, 4)]
+        pooled = torch.stack([g.mean(0) for g in groups])  # [T, H, W, 3]
+        patches = pooled.reshape(len(groups), h // 16, 16, w // 16, 16, 3).permute(0, 1, 3, 5, 2, 4).flatten(3)  # [T, h, w, 768]
+        return (patches @ self.weight.T).permute(3, 0, 1, 2)[None]
+
+
+def node_module(pack, name: str):
+    return pack_submodule(pack.module, f"nodes.{name}")
+
+
+def reference(comfy, seed=0, frames=FRAMES):
+    g = torch.Generator().manual_seed(seed)
+    clip = torch.rand(frames, SIZE, SIZE, 3, generator=g) * 0.2
+    for f in range(frames):  # a bright square moving right: a motion to learn
+        clip[f, 10:18, 2 + 2 * f:10 + 2 * f] = 0.9
+    (ref, *_rest) = run_node(comfy, "LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+                             custom_width=0, custom_height=0, images=clip)
+    return ref
+
+
+def invert(comfy, model, vae, steps=12, size=SIZE, frames=FRAMES, **kw):
+    inputs = dict(model=model, vae=vae, motion_reference=reference(comfy, frames=frames), steps=steps, learning_rate=0.05,
+                  tokens_per_frame=TOKENS, video_frames=frames, width=size, height=size, seed=0, fps=0, motion_bucket_id=127,
+                  augmentation_level=0.0, precision="fp32", gradient_checkpointing=False)
+    inputs.update(kw)
+    return run_node(comfy, "MotionTextualInversion", **inputs)
+
+
+# -- the node learns a Wan embedding, and what it learned applies ---------------------------------------------------------
+
+
+def test_wan21_i2v_learns_a_per_frame_umt5_embedding_and_its_loss_falls(wan, i2v, wan_vae, clip_vision):
+    embedding, curve, report = invert(wan, i2v, wan_vae, steps=16, clip_vision=clip_vision)
+    assert embedding.spatial.shape == (LATENT_FRAMES, TOKENS, 4096) and embedding.temporal.shape == (TOKENS, 4096)
+    meta = embedding.metadata
+    assert (meta["base_model"], meta["token_space"], meta["latent_frames"]) == ("wan21_i2v", "umt5", str(LATENT_FRAMES))
+    assert float(meta["final_loss"]) < 0.8 * float(meta["initial_loss"])
+    assert "Learned on Wan (wan21_i2v)" in report and curve.shape[-1] == 3
+    assert i2v.model.diffusion_model.blocks[0].cross_attn.forward.__self__ is i2v.model.diffusion_model.blocks[0].cross_attn  # untouched
+
+
+def test_a_learned_wan_embedding_saves_loads_and_applies_as_it_was_learned(wan, pack, i2v, wan_vae, clip_vision, tmp_path):
+    """The inversion's cross-attention and Apply Motion Embedding's patch at strength 1 are the same function of the tokens."""
+    embedding, _, _ = invert(wan, i2v, wan_vae, steps=2, clip_vision=clip_vision)
+    from reenact_core.fileformat import load_embedding, save_embedding
+
+    save_embedding(embedding, tmp_path / "m.safetensors")
+    loaded = load_embedding(tmp_path / "m.safetensors")
+    assert torch.equal(loaded.spatial, embedding.spatial) and loaded.metadata["base_model"] == "wan21_i2v"
+    latent = {"samples": torch.zeros(1, 16, LATENT_FRAMES, 4, 4)}
+    (_, _, _, patched) = run_node(wan, "ApplyMotionEmbedding", positive=[[torch.zeros(1, 4, 4096), {}]], negative=[[torch.zeros(1, 4, 4096), {}]],
+                                  motion_embedding=loaded, latent=latent, strength=1.0, model=i2v)
+    g = torch.Generator().manual_seed(1)
+    x, concat = torch.randn(1, 16, LATENT_FRAMES, 4, 4, generator=g), torch.randn(1, 20, LATENT_FRAMES, 4, 4, generator=g)
+    clip_fea = torch.randn(1, 257, 1280, generator=g)
+    import comfy.model_management
+
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([patched])
+        applied = patched.model.apply_model(x, torch.tensor([0.7]), c_concat=concat, c_crossattn=torch.randn(1, 4, 4096, generator=g),
+                                            clip_fea=clip_fea, transformer_options={})
+    with torch.inference_mode(False), node_module(pack, "comfy_denoiser").trainable_model(i2v, torch.float32, False) as (base, device):
+        motion = TrainableMotionContext(base.diffusion_model.text_embedding, LATENT_FRAMES)
+        for block in base.diffusion_model.blocks:
+            block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion)
+        denoiser = node_module(pack, "wan_inversion").ComfyWanDenoiser(base, device, torch.float32, motion, concat=concat.clone(), clip_fea=clip_fea)
+        s = torch.tensor(0.7 / 0.3)  # flow t = 0.7 as an EDM sigma
+        noisy = (x[0] * (1 + s)).movedim(1, 0)  # what flow_input turns back into x
+        learned = denoiser(noisy, s, loaded.spatial, loaded.temporal, concat[0, 4:, 0]).detach()
+    assert torch.allclose(learned, applied[0].movedim(1, 0).float(), atol=1e-4)
+
+
+# -- where the tokens go, and gradients -----------------------------------------------------------------------------------
+
+
+def tokens_gradient(pack, model, checkpointing: bool, concat=None, clip_fea=None, keeps_first_frame=False, channels=16):
+    """One loss.backward through the private copy: the gradient on each frame's tokens and on the shared set."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(LATENT_FRAMES, channels, 4, 4, generator=g)
+    frame_tokens = torch.randn(LATENT_FRAMES, TOKENS, 4096, generator=g).requires_grad_(True)
+    shared = torch.randn(TOKENS, 4096, generator=g).requires_grad_(True)
+    with torch.inference_mode(False), node_module(pack, "comfy_denoiser").trainable_model(model, torch.float32, checkpointing) as (base, device):
+        motion = TrainableMotionContext(base.diffusion_model.text_embedding, LATENT_FRAMES)
+        for block in base.diffusion_model.blocks:
+            block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion)
+        denoiser = node_module(pack, "wan_inversion").ComfyWanDenoiser(base, device, torch.float32, motion, concat, clip_fea, keeps_first_frame)
+        sigma = torch.tensor(3.0)
+        out = denoiser(x0 + sigma * torch.randn(x0.shape, generator=g), sigma, frame_tokens, shared, x0[0])
+        ((out - x0) ** 2).mean().backward()
+    return out.detach(), frame_tokens.grad, shared.grad
+
+
+def test_gradients_reach_every_frames_tokens_and_checkpointing_changes_none(wan, pack, i2v):
+    g = torch.Generator().manual_seed(3)
+    concat, clip_fea = torch.randn(1, 20, LATENT_FRAMES, 4, 4, generator=g), torch.randn(1, 257, 1280, generator=g)
+    out, frames_grad, shared_grad = tokens_gradient(pack, i2v, False, concat, clip_fea)
+    assert all(float(frames_grad[f].abs().sum()) > 0 for f in range(LATENT_FRAMES)) and float(shared_grad.abs().sum()) > 0
+    out_ckpt, frames_ckpt, shared_ckpt = tokens_gradient(pack, i2v, True, concat, clip_fea)
+    assert torch.allclose(out, out_ckpt, atol=1e-6)
+    assert torch.allclose(frames_grad, frames_ckpt, rtol=1e-4, atol=1e-9) and torch.allclose(shared_grad, shared_ckpt, rtol=1e-4, atol=1e-9)
+
+
+def test_flow_input_is_the_edm_point_rescaled():
+    x0, eps, s = torch.randn(5), torch.randn(5), torch.tensor(4.0)
+    x, t = flow_input(x0 + s * eps, s)
+    assert torch.isclose(t, torch.tensor(0.8)) and torch.allclose(x, (1 - t) * x0 + t * eps)
+
+
+@pytest.mark.parametrize("backend", ["flash (custom op, no autograd)", "sage (no autograd history)"])
+def test_wan_inversion_learns_under_an_attention_backend_without_backward(wan, i2v, wan_vae, clip_vision, monkeypatch, backend):
+    """A sage/flash choice binds into Wan's own module (``from ...attention import optimized_attention``): the loop
+    trains on SDPA there too, and the user's choice is back afterwards."""
+    import comfy.ldm.wan.model as wan_model
+    from test_gpu_path import ATTENTION_WITHOUT_BACKWARD
+
+    installed = ATTENTION_WITHOUT_BACKWARD[backend]
+    monkeypatch.setattr(wan_model, "optimized_attention", installed)
+    embedding, _, _ = invert(wan, i2v, wan_vae, steps=6, clip_vision=clip_vision)
+    assert float(embedding.metadata["final_loss"]) < float(embedding.metadata["initial_loss"])
+    assert wan_model.optimized_attention is installed
+
+
+# -- TI2V-5B: the first latent frame is given -------------------------------------------------------------------------------
+
+
+def test_ti2v_keeps_the_first_latent_frame_and_learns_the_rest(wan, pack, ti2v):
+    out, frames_grad, _ = tokens_gradient(pack, ti2v, False, keeps_first_frame=True, channels=48)
+    g = torch.Generator().manual_seed(2)
+    assert torch.equal(out[0], torch.randn(LATENT_FRAMES, 48, 4, 4, generator=g)[0])  # the given frame, exactly: no loss on it
+    assert all(float(frames_grad[f].abs().sum()) > 0 for f in range(1, LATENT_FRAMES))
+    embedding, _, report = invert(wan, ti2v, StandInWan22VAE(), steps=8, size=64)
+    assert embedding.metadata["base_model"] == "wan22_ti2v" and embedding.spatial.shape == (LATENT_FRAMES, TOKENS, 4096)
+    assert float(embedding.metadata["final_loss"]) < float(embedding.metadata["initial_loss"])
+
+
+# -- refusals ------------------------------------------------------------------------------------------------------------------
+
+
+def test_what_wan_cannot_take_is_refused_with_what_to_do(wan, i2v, wan_vae, clip_vision, svd):
+    with pytest.raises(ValueError, match="clip_vision_h"):
+        invert(wan, i2v, wan_vae, steps=1)
+    with pytest.raises(ValueError, match="random_cond_frame"):
+        (options,) = run_node(wan, "MotionInversionOptions", **{**option_defaults(wan), "random_cond_frame": True})
+        invert(wan, i2v, wan_vae, steps=1, clip_vision=clip_vision, options=options)
+    with pytest.raises(ValueError, match="wan_2.1_vae"):
+        invert(wan, i2v, svd[2], steps=1, clip_vision=clip_vision)
+
+
+def test_a_length_that_is_not_4k_plus_1_is_learned_at_the_wan_length_below_it(wan, i2v, wan_vae, clip_vision):
+    embedding, _, report = invert(wan, i2v, wan_vae, steps=1, frames=11, clip_vision=clip_vision)
+    assert embedding.spatial.shape[0] == 3 and "not 4k+1" in report and embedding.metadata["video_frames"] == "9"
+
+
+def option_defaults(comfy):
+    spec = comfy.nodes.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()
+    return {name: s[1]["default"] for group in ("required", "optional") for name, s in spec.get(group, {}).items()}
