@@ -141,8 +141,12 @@ class MotionTextualInversion:
         options=None,
         frame_sampling=SAMPLINGS[0],
     ):
-        if wan_apply.is_wan(model):
-            return self._invert_wan(locals())
+        if wan_apply.is_wan(model):  # fps, motion_bucket_id and augmentation_level are SVD's conditioning
+            return self._invert_wan(dict(
+                model=model, vae=vae, motion_reference=motion_reference, steps=steps, learning_rate=learning_rate,
+                tokens_per_frame=tokens_per_frame, video_frames=video_frames, width=width, height=height, seed=seed, precision=precision,
+                gradient_checkpointing=gradient_checkpointing, clip_vision=clip_vision, options=options, frame_sampling=frame_sampling,
+            ))
         require_svd(model)
         options = dict(options or {})
         pixel_noise = conditioning_pixel_noise(options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0]), augmentation_level)
@@ -203,14 +207,12 @@ class MotionTextualInversion:
         return {"ui": {"text": [report]}, "result": (embedding, pil_to_image_batch(curve), report)}
 
     def _invert_wan(self, inputs: dict):
-        """The same node on a Wan 2.1/2.2 MODEL (nodes/wan_inversion.py); fps, motion_bucket_id and augmentation_level
-        are SVD's conditioning and do not apply."""
-        inputs = {k: v for k, v in inputs.items() if k != "self"}
+        """The same node on a Wan 2.1/2.2 MODEL (nodes/wan_inversion.py)."""
         steps = inputs["steps"]
         latent_frames = latent_frames_for(inputs["video_frames"])
         latent = model_latent_shape(inputs["model"], latent_frames, inputs["height"], inputs["width"])
         embedding, result, lines, verdict = wan_inversion.invert_wan(
-            inputs, _progress_callback(steps), compute_dtype, _memory_required(inputs["model"], latent, inputs["gradient_checkpointing"]),
+            inputs, _progress_callback(steps), _memory_required(inputs["model"], latent, inputs["gradient_checkpointing"]),
         )
         curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss,
                                   drift=result.drift_history, evals=result.eval_history, verdict=verdict)

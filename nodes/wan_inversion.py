@@ -30,6 +30,7 @@ from ..reenact_core.inversion import (
 from ..reenact_core.video import fit_frames, frames_for_inversion
 from ..reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input, latent_frames_for, video_frames_for
 from . import private_model, wan_apply
+from .comfy_denoiser import compute_dtype, trainable_model
 
 
 class WanInputError(ValueError):
@@ -75,8 +76,8 @@ class ComfyWanDenoiser:
         return out
 
 
-def invert_wan(node_inputs: dict, progress_callback, compute_dtype, memory_required):
-    """The Motion Textual Inversion node on a Wan MODEL: returns (embedding, result, report lines)."""
+def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
+    """The Motion Textual Inversion node on a Wan MODEL: (embedding, InversionResult, report lines, verdict)."""
     model, vae, reference = node_inputs["model"], node_inputs["vae"], node_inputs["motion_reference"]
     family = wan_apply.wan_family(model)
     dit = model.model.diffusion_model
@@ -119,8 +120,6 @@ def invert_wan(node_inputs: dict, progress_callback, compute_dtype, memory_requi
 
     device = model.load_device
     dtype = compute_dtype(node_inputs["precision"], device)
-    from .comfy_denoiser import trainable_model
-
     with trainable_model(model, dtype, node_inputs["gradient_checkpointing"], memory_required) as (base, device):
         motion = TrainableMotionContext(base.diffusion_model.text_embedding, latent_frames)
         for block in base.diffusion_model.blocks:
