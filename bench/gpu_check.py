@@ -22,6 +22,9 @@ random-weight SVD checkpoint (fp16, built once, loaded by the stock ImageOnlyChe
   ``is_dynamic()`` and the private-copy branch are recorded.
 * **attention** (hazard 1): the inversion (10 steps) with ComfyUI's attention set to each backend present
   (PyTorch SDPA, sage, flash, xformers, comfy-kitchen int8).
+* **wan** (issue #29, where the ComfyUI has Wan 2.2): Motion Textual Inversion on a full-size random-weight
+  Wan2.2 TI2V-5B built in memory, 121 frames at 1280x704, bf16, checkpointing: s/step, peak VRAM, minutes per
+  motion at the node's default steps (the 14B models are not measured: they need fp8 training, not built yet).
 
 The first ComfyUI also measures: ``bench.step_cost`` (bf16, checkpointing off and on: s/step, one UNet
 forward, their ratio, peak VRAM, minutes per motion at the node's default steps) at 14 and 25 frames x
@@ -273,6 +276,7 @@ def worker(args) -> dict:
         reference = _reference(env, comfy, settings)
         _check(part, "chain", lambda: _chain(env, model, clip_vision, vae, reference, settings))
         _check(part, "attention", lambda: _attention_backends(env, model, vae, reference, settings, private_model))
+        _check(part, "wan", lambda: _wan(env, settings))
         if args.measure:
             _check(part, "step_cost", lambda: _step_cost(args, settings))
             _check(part, "apply_overhead", lambda: _apply_overhead(args, checkpoint, settings))
@@ -457,6 +461,63 @@ def _attention_backends(env, model, vae, reference, settings: dict, private_mode
     return {"backends": runs, "trained_through": private_model.attention_name(private_model.training_attention())}
 
 
+# Wan2.2 TI2V-5B as ComfyUI detects it (model_detection's Wan branch); the dry run uses the tests' tiny TI2V-shaped model.
+WAN22_TI2V_5B = {"image_model": "wan2.1", "dim": 3072, "num_heads": 24, "ffn_dim": 14336, "num_layers": 30, "patch_size": (1, 2, 2),
+                 "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "model_type": "t2v",
+                 "in_dim": 48, "out_dim": 48}
+WAN_SETTINGS = {"gpu": dict(frames=121, width=1280, height=704, steps=6), "cpu": dict(frames=9, width=64, height=64, steps=2)}
+
+
+def _wan(env, settings: dict) -> dict:
+    """Motion Textual Inversion on Wan2.2 TI2V-5B with random weights (full size on the GPU, in memory: no file),
+    121 frames at 1280x704 (its 720p), bf16, gradient checkpointing, through the node; the encoder is
+    testkit's stand-in Wan2.2 VAE (the real one is 1.4 GB of weights nobody can download here, and only encodes).
+    Reports s/step (steps after the first), peak VRAM and minutes per motion at the node's default steps."""
+    import comfy.sd
+    import comfy.supported_models
+    import torch
+
+    from reenact_core.inversion import InversionConfig
+    from testkit.wan_checkpoint import WAN22_TI2V_CONFIG, WAN22_TI2V_SEED, StandInWan22VAE, _dit_state_dict
+
+    if not hasattr(comfy.supported_models, "WAN22_T2V"):
+        return {"skipped": "this ComfyUI has no Wan 2.2 (needs >= 0.3.46)"}
+    wan = WAN_SETTINGS["gpu" if settings["full"] else "cpu"]
+    with torch.inference_mode():
+        state_dict = _dit_state_dict("WAN22_T2V", WAN22_TI2V_5B if settings["full"] else WAN22_TI2V_CONFIG, WAN22_TI2V_SEED)
+        model = comfy.sd.load_diffusion_model_state_dict(state_dict)
+    del state_dict
+    frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
+    reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+                                 custom_width=0, custom_height=0, images=frames)
+    times = []
+
+    def timed(steps: int):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        embedding = env.run("MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=steps,
+                            learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"],
+                            seed=0, fps=0, motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True)[0]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        return embedding
+
+    timed(1)  # loading, the private copy, the first step's checks
+    embedding = timed(1 + wan["steps"])
+    seconds_per_step = (times[1] - times[0]) / wan["steps"]
+    return {
+        "model": "Wan2.2 TI2V-5B, random weights" if settings["full"] else "tiny TI2V-shaped test model",
+        "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "latent_frames": int(embedding.metadata["latent_frames"]),
+        "base_model": embedding.metadata["base_model"], "seconds_per_step": seconds_per_step,
+        "minutes_per_motion": seconds_per_step * InversionConfig.steps / 60, "default_steps": InversionConfig.steps,
+        "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "embedding_finite": bool(torch.isfinite(embedding.spatial).all()),
+    }
+
+
 def _step_cost(args, settings: dict) -> dict:
     from bench import step_cost
 
@@ -498,6 +559,10 @@ def verdicts(result: dict) -> list[dict]:
                 value = outcome["error"]
             elif check == "attention":
                 value = "; ".join(f"{k} {v}" for k, v in outcome["backends"].items()) + f" (trained through {outcome['trained_through']})"
+            elif check == "wan":
+                value = outcome.get("skipped") or (
+                    f"{outcome['model']}, {outcome['frames']}x{outcome['size']}: {outcome['seconds_per_step']:.2f} s/step, "
+                    f"{outcome['minutes_per_motion']:.1f} min per motion at {outcome['default_steps']} steps, peak VRAM {_fmt(outcome['peak_vram_gb'], ' GB')}")
             else:
                 value = f"invert {outcome['inversion_seconds']:.1f} s ({outcome['inversion_steps']} steps), apply + sample, stock prompt: ok"
             rows.append(dict(check=f"{label}: {check}", value=str(value), ok=outcome["ok"]))

@@ -116,6 +116,23 @@ def tiny_wan_clip_vision(seed: int = 0):
     return tiny_clip_vision(seed, hidden_size=1280, intermediate_size=1280, num_attention_heads=16, patch_size=14)
 
 
+class StandInWan22VAE:
+    """Where no Wan2.2 VAE can load (see above): ``encode`` [F, H, W, 3] -> [1, 48, (F-1)//4 + 1, H/16, W/16],
+    a fixed linear map of 16x16 patches of the frames, the first latent frame from the first video frame alone
+    and each later one from the mean of 4 frames (as Wan's causal VAE groups them). Enough for the inversion,
+    which only encodes; nothing decodes through it."""
+
+    def __init__(self, seed: int = 5):
+        self.weight = torch.randn(48, 3 * 16 * 16, generator=torch.Generator().manual_seed(seed)) / 30
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        f, h, w, _ = pixels.shape
+        groups = [pixels[:1]] + [pixels[i:i + 4] for i in range(1, f - 3, 4)]
+        pooled = torch.stack([g.float().mean(0) for g in groups])  # [T, H, W, 3]
+        patches = pooled.reshape(len(groups), h // 16, 16, w // 16, 16, 3).permute(0, 1, 3, 5, 2, 4).flatten(3)  # [T, h, w, 768]
+        return (patches @ self.weight.to(patches.device).T).permute(3, 0, 1, 2)[None]
+
+
 # --- building ------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ def test_dry_run_runs_every_check_in_a_worker_without_pyav(dry_run):
     (part,) = result["comfyui"].values()
     assert part["exit_code"] == 0 and "error" not in part, part.get("traceback")
     assert part["stubbed_packages"] == ["av"]
-    assert set(part["checks"]) == {"chain", "attention", "step_cost", "apply_overhead"}
+    assert set(part["checks"]) == {"chain", "attention", "wan", "step_cost", "apply_overhead"}
     failed = {name: check.get("error") for name, check in part["checks"].items() if not check["ok"]}
     assert not failed, failed
     chain = part["checks"]["chain"]
@@ -39,6 +39,12 @@ def test_dry_run_runs_every_check_in_a_worker_without_pyav(dry_run):
     assert chain["clip_image_embeds_std"] > 0 and chain["learned_tokens_std"] > 0
     assert part["checks"]["attention"]["backends"]["pytorch"] == "ok"
     assert part["model"]["private_copy_branch"] in ("reload", "reload-dynamic", "copy")
+    wan = part["checks"]["wan"]
+    if os.path.isfile(os.path.join(comfyui_root(), "comfy", "ldm", "wan", "model.py")) and "skipped" not in wan:
+        assert wan["base_model"] == "wan22_ti2v" and wan["latent_frames"] == 3 and wan["embedding_finite"] and wan["seconds_per_step"] > 0
+        assert any(row["check"].endswith(": wan") and "s/step" in row["value"] for row in result["verdicts"])
+    else:  # a ComfyUI without Wan 2.2 says so
+        assert "no Wan 2.2" in wan["skipped"]
 
 
 def test_dry_run_reports_the_measurements_against_the_targets(dry_run):

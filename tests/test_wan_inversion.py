@@ -18,6 +18,7 @@ from conftest import comfyui_root
 
 from reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input
 from testkit.comfy_env import pack_submodule, run_node
+from testkit.wan_checkpoint import StandInWan22VAE
 
 FRAMES, SIZE, LATENT_FRAMES, TOKENS = 9, 32, 3, 2
 
@@ -80,21 +81,6 @@ def clip_vision(wan):
     from testkit.wan_checkpoint import tiny_wan_clip_vision
 
     return tiny_wan_clip_vision()
-
-
-class StandInWan22VAE:
-    """encode: [F, H, W, 3] -> [1, 48, (F-1)//4 + 1, H/16, W/16], a fixed linear map of 4x4-pooled pixels (the first
-    latent frame from the first video frame alone, as Wan's causal VAE)."""
-
-    def __init__(self):
-        self.weight = torch.randn(48, 3 * 16 * 16, generator=torch.Generator().manual_seed(5)) / 30
-
-    def encode(self, pixels):
-        f, h, w, _ = pixels.shape
-        groups = [pixels[:1]] + [pixels[i:i + 4] for i in range(1, f - 3, 4)]
-        pooled = torch.stack([g.mean(0) for g in groups])  # [T, H, W, 3]
-        patches = pooled.reshape(len(groups), h // 16, 16, w // 16, 16, 3).permute(0, 1, 3, 5, 2, 4).flatten(3)  # [T, h, w, 768]
-        return (patches @ self.weight.T).permute(3, 0, 1, 2)[None]
 
 
 def node_module(pack, name: str):
