@@ -159,6 +159,12 @@ def mix(a: MotionEmbedding, b: MotionEmbedding, weight_b: float) -> MotionEmbedd
     Token counts must agree: tokens are an unordered set per frame, so there is no meaningful
     pairing between, say, 5 and 3 tokens.
     """
+    space_a, space_b = token_space_of(a), token_space_of(b)
+    if space_a != space_b:
+        raise ValueError(
+            f"cannot mix a motion in {space_a} tokens ({a.metadata.get('base_model') or 'SVD'}) with one in {space_b} tokens "
+            f"({b.metadata.get('base_model') or 'SVD'}): SVD's and Wan's tokens live in different spaces; mix two motions of one family"
+        )
     if a.tokens != b.tokens or a.dim != b.dim:
         raise ValueError(
             f"cannot mix embeddings with {a.tokens}x{a.dim} and {b.tokens}x{b.dim} tokens per frame: "

@@ -439,3 +439,16 @@ def test_inconsistent_wan_keys_are_refused(tmp_path, meta, message):
     bad.write_bytes(safetensors.torch.save(tensors, metadata={**loaded.metadata, **meta}))
     with pytest.raises(EmbeddingFileError, match=message):
         load_embedding(bad)
+
+
+def test_mix_blends_two_wan_motions_and_refuses_wan_with_svd():
+    from reenact_core.embedding import mix
+
+    a, b = wan_embedding(seed=1), wan_embedding(frames=5, seed=2, base_model="wan22_ti2v")
+    mixed = mix(a, b, 0.25)
+    assert mixed.spatial.shape == a.spatial.shape and token_space_of(mixed) == "umt5"
+    assert torch.allclose(mixed.temporal, 0.75 * a.temporal + 0.25 * b.temporal)
+    with pytest.raises(ValueError, match="different spaces"):
+        mix(a, svd_embedding(), 0.5)
+    with pytest.raises(ValueError, match="different spaces"):
+        mix(svd_embedding(), a, 0.5)
