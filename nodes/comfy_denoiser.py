@@ -115,14 +115,15 @@ class NotEnoughMemory(RuntimeError):
 GIB = 2**30
 
 
-def activation_profile(base, denoiser, tokens: int, dim: int, device: torch.device) -> dict:
+def activation_profile(base, denoiser, tokens: int, dim: int, device: torch.device, channels: int = 4) -> dict:
     """Activation bytes one inversion step keeps for backward, measured on two tiny forwards of this
     very model (2 frames at 8x8 and 16x16 latents) and fitted as fixed + per-latent-pixel costs: in
     total, at layer inputs (what gradient checkpointing keeps), and inside the largest layer (what
-    checkpointing recomputes at once). Weights are not counted: they are already loaded."""
+    checkpointing recomputes at once). Weights are not counted: they are already loaded. ``channels``: the
+    latent channels the denoiser takes (SVD 4; Wan 16, TI2V-5B 48), whose probe must be built for 2 frames."""
     units = checkpoint_units(base.diffusion_model)
     weights = {t.untyped_storage().data_ptr() for t in list(base.parameters()) + list(base.buffers())}
-    small, large = (_saved_activations(units, weights, denoiser, tokens, dim, device, side) for side in (8, 16))
+    small, large = (_saved_activations(units, weights, denoiser, tokens, dim, device, side, channels) for side in (8, 16))
     pixels = 2 * (16 * 16 - 8 * 8)
     profile = {}
     for key in ("total", "boundary", "largest_layer"):
@@ -131,7 +132,7 @@ def activation_profile(base, denoiser, tokens: int, dim: int, device: torch.devi
     return profile
 
 
-def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int) -> dict:
+def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int, channels: int = 4) -> dict:
     current = {"unit": None}
     inside: dict = {}
     boundary = [0]
@@ -156,7 +157,7 @@ def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             frame_tokens = torch.zeros(2, tokens, dim, device=device, requires_grad=True)
             shared = torch.zeros(tokens, dim, device=device, requires_grad=True)
-            noisy = torch.randn(2, 4, side, side, device=device)
+            noisy = torch.randn(2, channels, side, side, device=device)
             out = denoiser(noisy, torch.tensor(1.0, device=device), frame_tokens, shared, noisy[0])
             del out
     finally:
@@ -166,26 +167,29 @@ def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int)
     return {"total": sum(inside.values()), "boundary": boundary[0], "largest_layer": largest}
 
 
-def activation_bytes(profile: dict, frames: int, height: int, width: int, checkpointing: bool) -> int:
+def activation_bytes(profile: dict, frames: int, height: int, width: int, checkpointing: bool, latent=None) -> int:
     """Peak activation memory of one inversion step at this size, from the probe's fit (20% margin for
-    gradients in flight and allocator slack)."""
-    pixels = frames * (height // 8) * (width // 8)
+    gradients in flight and allocator slack). ``latent``: (frames -> latent frames, spatial downscale) of the
+    model's VAE; default SVD's (one latent per frame, 8x)."""
+    latent_frames_of, downscale = latent or (lambda f: f, 8)
+    pixels = latent_frames_of(frames) * (height // downscale) * (width // downscale)
     parts = ("boundary", "largest_layer") if checkpointing else ("total",)
     return int(1.2 * sum(profile[p]["fixed"] + profile[p]["per_pixel"] * pixels for p in parts))
 
 
-def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width: int, checkpointing: bool) -> None:
-    """Stop before the first step, with what to change, instead of a CUDA out-of-memory error mid-way."""
-    needed = activation_bytes(profile, frames, height, width, checkpointing)
+def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width: int, checkpointing: bool, latent=None) -> None:
+    """Stop before the first step, with what to change, instead of a CUDA out-of-memory error mid-way.
+    ``frames``: video frames; ``latent`` as for :func:`activation_bytes`."""
+    needed = activation_bytes(profile, frames, height, width, checkpointing, latent)
     if needed <= free_bytes:
         return
     options = []
     if not checkpointing:
-        options.append(f"turn on gradient_checkpointing (~{activation_bytes(profile, frames, height, width, True) / GIB:.1f} GB)")
-    half = activation_bytes(profile, frames, height // 2, width // 2, checkpointing)
+        options.append(f"turn on gradient_checkpointing (~{activation_bytes(profile, frames, height, width, True, latent) / GIB:.1f} GB)")
+    half = activation_bytes(profile, frames, height // 2, width // 2, checkpointing, latent)
     options.append(f"halve width and height to {width // 2}x{height // 2} (~{half / GIB:.1f} GB; it still applies at any size, somewhat less faithfully)")
     if frames > 8:
-        options.append(f"lower video_frames (~{activation_bytes(profile, frames // 2, height, width, checkpointing) / GIB:.1f} GB at {frames // 2})")
+        options.append(f"lower video_frames (~{activation_bytes(profile, frames // 2, height, width, checkpointing, latent) / GIB:.1f} GB at {frames // 2})")
     raise NotEnoughMemory(
         f"Motion inversion at {frames} frames x {width}x{height} needs about {needed / GIB:.1f} GB of free VRAM for activations, "
         f"but {free_bytes / GIB:.1f} GB are free after loading the model. To fit: " + "; or ".join(options) + "."

@@ -30,7 +30,7 @@ from ..reenact_core.inversion import (
 from ..reenact_core.video import fit_frames, frames_for_inversion
 from ..reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input, latent_frames_for, video_frames_for
 from . import private_model, wan_apply
-from .comfy_denoiser import compute_dtype, trainable_model
+from .comfy_denoiser import activation_profile, check_memory, compute_dtype, trainable_model
 
 
 class WanInputError(ValueError):
@@ -120,7 +120,17 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
 
     device = model.load_device
     dtype = compute_dtype(node_inputs["precision"], device)
-    with trainable_model(model, dtype, node_inputs["gradient_checkpointing"], memory_required) as (base, device):
+    latent = (latent_frames_for, 16 if model.model.latent_format.latent_channels == 48 else 8)
+    checkpointing = node_inputs["gradient_checkpointing"]
+
+    def preflight(base, device):
+        if not preflight_applies(device):
+            return
+        probe = probe_denoiser(base, device, dtype, init.tokens)
+        profile = activation_profile(base, probe, init.tokens, UMT5_DIM, device, channels=model.model.latent_format.latent_channels)
+        check_memory(profile, private_model.free_vram(device), video_frames, height, width, checkpointing, latent)
+
+    with trainable_model(model, dtype, checkpointing, memory_required, preflight) as (base, device):
         motion = TrainableMotionContext(base.diffusion_model.text_embedding, latent_frames)
         for block in base.diffusion_model.blocks:
             block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion, attention=wan_apply._attention)
@@ -155,6 +165,36 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
     if video_frames != node_inputs["video_frames"]:
         lines.append(f"video_frames {node_inputs['video_frames']} is not 4k+1: Wan's VAE takes {video_frames}.")
     return embedding, result, lines, convergence_verdict(result)
+
+
+def preflight_applies(device: torch.device) -> bool:
+    """The VRAM preflight runs on GPUs (on CPU, system RAM is not what runs out first)."""
+    return device.type != "cpu"
+
+
+def probe_denoiser(base, device, dtype, tokens: int) -> ComfyWanDenoiser:
+    """A denoiser for the memory probe's 2-frame latents: its own motion context, a zero concat and CLIP input where
+    the model takes them (the probe measures activations, not values)."""
+    dit = base.diffusion_model
+    motion = TrainableMotionContext(dit.text_embedding, 2)
+    for block in dit.blocks:  # the probe runs before the node installs its own (the probe's is replaced then)
+        block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion, attention=wan_apply._attention)
+    extra = dit.patch_embedding.weight.shape[1] - dit.out_dim
+    return _ProbeDenoiser(ComfyWanDenoiser(base, device, dtype, motion, None, None, keeps_first_frame=False), extra,
+                          getattr(dit, "img_emb", None) is not None)
+
+
+class _ProbeDenoiser:
+    """Builds the zero concat / CLIP inputs for whatever latent size the probe passes."""
+
+    def __init__(self, denoiser: ComfyWanDenoiser, concat_channels: int, clip: bool):
+        self.denoiser, self.concat_channels, self.clip = denoiser, concat_channels, clip
+
+    def __call__(self, noisy, sigma, frame_tokens, shared_tokens, image_latent):
+        d = self.denoiser
+        d.concat = noisy.new_zeros(1, self.concat_channels, *noisy.movedim(0, 1).shape[1:]) if self.concat_channels else None
+        d.clip_fea = noisy.new_zeros(1, 257, 1280) if self.clip else None
+        return d(noisy, sigma, frame_tokens, shared_tokens, image_latent)
 
 
 def _check_wan_latents(latents: torch.Tensor, model, family: str, latent_frames: int) -> None:
