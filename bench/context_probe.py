@@ -112,7 +112,26 @@ class Probe:
                     for key in ("loss", "sprite_loss"):
                         row[name][f"{key}_vs_own"] = row[name][key] / row["own"][key] - 1.0
                 table[f"aug {level:g}, sigma {sigma:g}"] = row
-        return {"context": self.cfg.context, "world": world_name, "clips": clips, "table": table}
+        result = {"context": self.cfg.context, "world": world_name, "clips": clips, "table": table}
+        if self.cfg.context == "appearance":
+            result["class_from_token"] = nearest_centroid_accuracy(own[1][:, 0].float(), group)
+        return result
+
+
+def nearest_centroid_accuracy(tokens: torch.Tensor, labels: list[str]) -> float:
+    """Can the context say the class at all? Leave-one-out nearest-centroid accuracy of ``tokens`` [B, D] (cosine),
+    against chance 1 / classes: a token that does not separate the classes cannot carry a class's motion."""
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    names = sorted(set(labels))
+    index = torch.tensor([names.index(label) for label in labels])
+    sums = torch.zeros(len(names), unit.shape[1]).index_add_(0, index, unit)
+    counts = torch.bincount(index, minlength=len(names)).float()
+    correct = 0
+    for i in range(len(labels)):
+        others = (sums - torch.nn.functional.one_hot(index[i], len(names)).float()[:, None] * unit[i]) / (
+            counts - torch.nn.functional.one_hot(index[i], len(names)).float()).clamp(min=1)[:, None]
+        correct += int(int((torch.nn.functional.normalize(others, dim=-1) @ unit[i]).argmax()) == int(index[i]))
+    return correct / len(labels)
 
 
 def print_table(result: dict) -> None:
@@ -125,6 +144,8 @@ def print_table(result: dict) -> None:
         whole = f"{row['own']['loss']:>8.4f} {100 * row['null']['loss_vs_own']:>+7.1f}% {100 * row['swapped']['loss_vs_own']:>+7.1f}%"
         sprite = f"{row['own']['sprite_loss']:>11.4f} {100 * row['null']['sprite_loss_vs_own']:>+7.1f}% {100 * row['swapped']['sprite_loss_vs_own']:>+7.1f}%"
         print(f"{setting:<22} {whole} | {sprite}")
+    if "class_from_token" in result:
+        print(f"class told from the image token (leave-one-out nearest centroid): {100 * result['class_from_token']:.0f}%")
 
 
 def main(argv=None) -> dict:

@@ -347,8 +347,10 @@ def denoising_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma_frames: torch
     return (per_value * cell_weight).mean() / cell_weight.mean()
 
 
-def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dict | None = None):
-    """``resume``: tensors of a saved Motion World file to continue from (UNet, motion encoder, CLIP vision)."""
+def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dict | None = None, clip_state: dict | None = None):
+    """``resume``: tensors of a saved Motion World file to continue from (UNet, motion encoder, CLIP vision).
+    ``clip_state``: a pretrained CLIP-like tower (motion_world.pretrain_clip) for the appearance context, kept
+    frozen with its projection, as SVD keeps CLIP."""
     build_unet, build_clip_vision = builders
     torch.manual_seed(cfg.seed + 3)
     base = build_unet(unet_config(cfg.context_dim, cfg.channels)).float()
@@ -369,6 +371,10 @@ def train_unet(cfg: TrainConfig, ae, builders, init_params, protect, resume: dic
         for module, prefix in ((base.diffusion_model, "model.diffusion_model."), (encoder, "motion_encoder."), (clip_model, "clip_vision.")):
             load_prefixed(module, resume, prefix)
         log("continuing from the saved UNet, motion encoder and CLIP vision")
+    if clip_state is not None:
+        clip_model.load_state_dict(clip_state)
+        trainable_clip = []
+        log("appearance context: the pretrained CLIP-like tower, frozen")
 
     latents, per_frame, summary, first_frames, sprite_cells = build_dataset(cfg, ae)
     if cfg.context == "appearance":
@@ -565,6 +571,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--autoencoder", type=Path, help="reuse this trained autoencoder instead of stage 1: a .safetensors of AutoencoderKL keys, or a Motion World file (its autoencoder)")
     parser.add_argument("--resume", type=Path, help="continue training this Motion World file (its autoencoder is kept; --unet-steps more steps)")
+    parser.add_argument("--clip-vision", type=Path, help="appearance context: this pretrained tower (motion_world.pretrain_clip), frozen")
     for field in dataclasses.fields(TrainConfig):
         flag = f"--{field.name.replace('_', '-')}"
         if isinstance(field.default, bool):
@@ -613,7 +620,12 @@ def main(argv=None) -> None:
             ae = finetune_decoder(cfg, ae, saved_denoiser(mw.build_unet, cfg, resume) if cfg.decoder_on_unet else None)
         save_tensors(args.out, {**resume, **_prefixed("first_stage_model.", ae)}, cfg, earlier, time.perf_counter() - start)
         return
-    unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect, resume)
+    clip_state = None
+    if args.clip_vision:
+        import safetensors.torch
+
+        clip_state = safetensors.torch.load_file(str(args.clip_vision))
+    unet, encoder, clip_model, history = train_unet(cfg, ae, (mw.build_unet, mw.build_clip_vision), init_params, protect, resume, clip_state)
     if cfg.decoder_steps:  # after the UNet, so that the decoder can learn from the UNet's own predictions
         saved_unet = {**_prefixed("model.diffusion_model.", unet), **_prefixed("motion_encoder.", encoder, torch.float32)}
         ae = finetune_decoder(cfg, ae, saved_denoiser(mw.build_unet, cfg, saved_unet) if cfg.decoder_on_unet else None)

@@ -255,6 +255,17 @@ def test_context_probe_tells_a_model_that_reads_its_context_from_one_that_cannot
     assert json.loads((tmp_path / "probe.json").read_text())["table"].keys() == result["table"].keys()
 
 
+def test_nearest_centroid_accuracy_tells_separable_tokens_from_uninformative_ones():
+    from bench.context_probe import nearest_centroid_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    labels = ["a", "b", "c", "d"] * 10
+    centres = torch.randn(4, 16, generator=g) * 5
+    separable = centres[torch.arange(40) % 4] + torch.randn(40, 16, generator=g)
+    assert nearest_centroid_accuracy(separable, labels) == 1.0
+    assert nearest_centroid_accuracy(torch.randn(40, 16, generator=g), labels) < 0.6
+
+
 @pytest.mark.parametrize(("kind", "held_out", "groups"), [
     ("family", False, {"all", "family"}), ("family", True, {"all", "family, held-out motion"}), ("no family", False, {"all", "no family"}),
 ])

@@ -235,3 +235,21 @@ def test_conditioning_frame_augmentation_noises_half_the_frames_and_tells_the_mo
     assert 8 <= len(kept) <= 24 and all(torch.equal(concat[3 * i], concat[3 * i + 2]) for i in range(32))
     stock = base.encode_adm(fps=6, motion_bucket_id=127, augmentation_level=0.0)
     assert all(torch.equal(adm[i], stock[0]) == (i in kept) for i in range(32))
+
+
+def test_a_pretrained_clip_tower_learns_the_classes_and_stays_frozen_in_training(comfy, pack, tmp_path, motion_model):
+    """motion_world.pretrain_clip gives the appearance context what SVD's CLIP has (its token names the sprite's class),
+    and train --clip-vision keeps that tower and its projection as they are, as SVD keeps CLIP frozen."""
+    from motion_world import pretrain_clip
+
+    tower = tmp_path / "clip.safetensors"
+    result = pretrain_clip.main(["--out", str(tower), "--steps", "60", "--images", "400", "--batch", "32"])
+    assert result["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    motion_path, _, _ = motion_model
+    path, tensors, _ = train(tmp_path, "classes.safetensors", "--world", "classes", "--context", "appearance", "--autoencoder",
+                             str(motion_path), "--clip-vision", str(tower), "--cond-aug", "1.0")
+    pretrained = safetensors.torch.load_file(str(tower))
+    saved = {k[len("clip_vision."):]: v for k, v in tensors.items() if k.startswith("clip_vision.")}
+    assert pretrained.keys() <= saved.keys()
+    assert all(torch.allclose(saved[k].float(), pretrained[k].float(), atol=1e-3, rtol=1e-3) for k in pretrained)  # fp16 in the file
+    assert json.loads(safetensors.safe_open(str(path), framework="pt").metadata()["train_config"])["cond_aug"] == 1.0
