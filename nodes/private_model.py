@@ -16,9 +16,10 @@ GPU punishes and ``--cpu`` hides (every rule has a CPU test with a stand-in, tes
    mode, as far as VRAM is short for it; the copy is unloaded and dropped however the inversion ends.
 3. **Attention has a backward.** For the loop, ComfyUI's ``optimized_attention`` is PyTorch SDPA (or stays
    xformers when ComfyUI chose xformers), whatever ComfyUI (sage, flash, comfy-kitchen int8) or another
-   pack installed, in the attention module and in every model file that imported it by name (Wan): the motion tokens reach the loss only through cross-attention. The user's functions
-   are back in place afterwards, on success, error and interrupt. ComfyUI's ``in_training`` flag (2026+;
-   it selects differentiable kernels) is on for the loop, and restored too.
+   pack installed, in the attention module and in every model file that imported it by name (Wan): the
+   motion tokens reach the loss only through cross-attention. The user's functions are back in place
+   afterwards, on success, error and interrupt. ComfyUI's ``in_training`` flag (2026+; it selects
+   differentiable kernels) is on for the loop, and restored too.
 
 How the private copy is made, by ComfyUI API generation (``private_copy``):
 

@@ -114,7 +114,7 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
         if clip_vision is None:
             raise WanInputError(f"This Wan model ({family}) also reads the start image through CLIP vision: connect Load CLIP Vision "
                                 "with clip_vision_h.safetensors to Motion Textual Inversion's clip_vision input.")
-        clip_fea = clip_vision.encode_image(frames[:1]).penultimate_hidden_states
+        clip_fea = clip_vision.encode_image(frames[:1], crop=False).penultimate_hidden_states  # as Wan's templates encode it (crop none)
     init = initial_tokens(latent_frames, config, torch.Generator().manual_seed(config.seed), None, dim=UMT5_DIM)
     private_model.offload(getattr(vae, "patcher", None), getattr(node_inputs.get("clip_vision"), "patcher", None))
 

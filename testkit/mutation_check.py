@@ -103,7 +103,7 @@ MUTATIONS = (
              ("test_nodes.py", "test_node_inputs.py"), "strength ignored"),
     # ---- the GPU path (issue #25) ---------------------------------------------------------------------
     Mutation("attention-not-swapped", "nodes/private_model.py",
-             "        for name in saved:\n            setattr(attention, name, chosen)\n",
+             "        for module, name, _ in saved:\n            setattr(module, name, chosen)\n",
              "        pass\n",
              ("test_gpu_path.py",), "the loop trains through whatever attention ComfyUI or a pack installed"),
     Mutation("eviction-outside-inference-mode", "nodes/private_model.py",
