@@ -126,3 +126,56 @@ def captured_log():
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+# -- Wan (test_wan_apply.py, test_wan_inversion.py) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wan(comfy, pack):
+    """The ComfyUI in COMFYUI_ROOT with the pack loaded; skipped without Wan."""
+    root = comfyui_root()
+    if not os.path.isfile(os.path.join(root, "comfy", "ldm", "wan", "model.py")):
+        pytest.skip(f"the ComfyUI at {root} has no Wan (comfy/ldm/wan): Wan 2.1 needs ComfyUI >= 0.3.16 (2025-02-26)")
+    return comfy
+
+
+@pytest.fixture
+def release_comfy_models():
+    """Unload every model ComfyUI holds after the test (the file-format tests never import ComfyUI)."""
+    import gc
+    import sys
+
+    yield
+    model_management = sys.modules.get("comfy.model_management")
+    if model_management is not None:
+        model_management.unload_all_models()
+        gc.collect()
+
+
+def load_dit(path):
+    import comfy.sd
+    import torch
+
+    with torch.inference_mode():
+        return comfy.sd.load_diffusion_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def i2v(wan):
+    """The tiny Wan2.1-I2V test model (testkit/wan_checkpoint.py) through the stock loader."""
+    from testkit.wan_checkpoint import ensure_wan21_i2v_test_model
+
+    return load_dit(ensure_wan21_i2v_test_model())
+
+
+@pytest.fixture(scope="module")
+def ti2v(wan):
+    """The tiny TI2V-5B-shaped test model; skipped before Wan 2.2."""
+    import comfy.supported_models
+
+    if not hasattr(comfy.supported_models, "WAN22_T2V"):
+        pytest.skip("Wan 2.2 needs ComfyUI >= 0.3.46 (2025-07-28)")
+    from testkit.wan_checkpoint import ensure_wan22_ti2v_test_model
+
+    return load_dit(ensure_wan22_ti2v_test_model())

@@ -8,19 +8,18 @@ SVD-side tests run everywhere.
 
 from __future__ import annotations
 
-import gc
-import os
-import sys
 import types
 
 import pytest
 import safetensors.torch
 import torch
-from conftest import REPO, comfyui_root
+from conftest import REPO
 
 from reenact_core.embedding import MotionEmbedding, token_space_of
 from reenact_core.fileformat import EmbeddingFileError, load_embedding, save_embedding
 from testkit.comfy_env import run_node
+
+pytestmark = pytest.mark.usefixtures("release_comfy_models")  # conftest
 
 FRAMES, SIZE = 9, 32  # 9 video frames -> 3 latent frames of 4x4 (Wan2.1 VAE: 8x spatial), 2x2 patches: 4 tokens each
 LATENT_FRAMES = 3
@@ -43,53 +42,10 @@ def svd_embedding(frames=14, tokens=3, seed=0) -> MotionEmbedding:
 
 
 @pytest.fixture(scope="module")
-def wan(comfy, pack):
-    """The ComfyUI in COMFYUI_ROOT with the pack loaded; skipped without Wan."""
-    root = comfyui_root()
-    if not os.path.isfile(os.path.join(root, "comfy", "ldm", "wan", "model.py")):
-        pytest.skip(f"the ComfyUI at {root} has no Wan (comfy/ldm/wan): Wan 2.1 needs ComfyUI >= 0.3.16 (2025-02-26)")
-    return comfy
-
-
-@pytest.fixture(autouse=True)
-def _release_models():
-    yield
-    model_management = sys.modules.get("comfy.model_management")
-    if model_management is not None:  # the file-format tests never import ComfyUI
-        model_management.unload_all_models()
-        gc.collect()
-
-
-@pytest.fixture(scope="module")
 def wan_apply(pack):
     from testkit.comfy_env import pack_submodule
 
     return pack_submodule(pack.module, "nodes.wan_apply")
-
-
-def load_dit(path):
-    import comfy.sd
-
-    with torch.inference_mode():
-        return comfy.sd.load_diffusion_model(str(path))
-
-
-@pytest.fixture(scope="module")
-def i2v(wan):
-    from testkit.wan_checkpoint import ensure_wan21_i2v_test_model
-
-    return load_dit(ensure_wan21_i2v_test_model())
-
-
-@pytest.fixture(scope="module")
-def ti2v(wan):
-    import comfy.supported_models
-
-    if not hasattr(comfy.supported_models, "WAN22_T2V"):
-        pytest.skip("Wan 2.2 needs ComfyUI >= 0.3.46 (2025-07-28)")
-    from testkit.wan_checkpoint import ensure_wan22_ti2v_test_model
-
-    return load_dit(ensure_wan22_ti2v_test_model())
 
 
 def i2v_inputs(batch=1, seed=0, frames=LATENT_FRAMES):

@@ -8,61 +8,16 @@ stand-in VAE whose encode is a fixed linear map to 48 channels, 16x smaller, 4 f
 
 from __future__ import annotations
 
-import gc
-import os
-import sys
-
 import pytest
 import torch
-from conftest import comfyui_root
 
 from reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input
 from testkit.comfy_env import pack_submodule, run_node
 from testkit.wan_checkpoint import StandInWan22VAE
 
+pytestmark = pytest.mark.usefixtures("release_comfy_models")  # conftest
+
 FRAMES, SIZE, LATENT_FRAMES, TOKENS = 9, 32, 3, 2
-
-
-@pytest.fixture(scope="module")
-def wan(comfy, pack):
-    root = comfyui_root()
-    if not os.path.isfile(os.path.join(root, "comfy", "ldm", "wan", "model.py")):
-        pytest.skip(f"the ComfyUI at {root} has no Wan (comfy/ldm/wan): Wan 2.1 needs ComfyUI >= 0.3.16 (2025-02-26)")
-    return comfy
-
-
-@pytest.fixture(autouse=True)
-def _release_models():
-    yield
-    model_management = sys.modules.get("comfy.model_management")
-    if model_management is not None:
-        model_management.unload_all_models()
-        gc.collect()
-
-
-def load_dit(path):
-    import comfy.sd
-
-    with torch.inference_mode():
-        return comfy.sd.load_diffusion_model(str(path))
-
-
-@pytest.fixture(scope="module")
-def i2v(wan):
-    from testkit.wan_checkpoint import ensure_wan21_i2v_test_model
-
-    return load_dit(ensure_wan21_i2v_test_model())
-
-
-@pytest.fixture(scope="module")
-def ti2v(wan):
-    import comfy.supported_models
-
-    if not hasattr(comfy.supported_models, "WAN22_T2V"):
-        pytest.skip("Wan 2.2 needs ComfyUI >= 0.3.46 (2025-07-28)")
-    from testkit.wan_checkpoint import ensure_wan22_ti2v_test_model
-
-    return load_dit(ensure_wan22_ti2v_test_model())
 
 
 @pytest.fixture(scope="module")
