@@ -14,6 +14,8 @@ changes is where the tokens enter and how the model is conditioned:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..reenact_core.embedding import TOKEN_SPACE_UMT5, UMT5_DIM
@@ -28,7 +30,15 @@ from ..reenact_core.inversion import (
     seeded_rng,
 )
 from ..reenact_core.video import fit_frames, frames_for_inversion
-from ..reenact_core.wan import InversionCrossAttention, TrainableMotionContext, flow_input, latent_frames_for, video_frames_for
+from ..reenact_core.wan import (
+    A14B_HIGH_NOISE_SIGMA,
+    A14B_HIGH_NOISE_T,
+    InversionCrossAttention,
+    TrainableMotionContext,
+    flow_input,
+    latent_frames_for,
+    video_frames_for,
+)
 from . import private_model, wan_apply
 from .comfy_denoiser import activation_profile, check_memory, compute_dtype, trainable_model
 
@@ -87,6 +97,8 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
     options.pop("conditioning_augmentation", None)  # SVD's; Wan has no augmentation-level conditioning
     config = InversionConfig(steps=node_inputs["steps"], learning_rate=node_inputs["learning_rate"],
                              tokens_per_frame=node_inputs["tokens_per_frame"], seed=node_inputs["seed"], **options)
+    if family == "wan22_i2v_a14b":  # the high-noise expert: only the noise levels it was trained on
+        config = dataclasses.replace(config, sigma_floor=max(config.sigma_floor, A14B_HIGH_NOISE_SIGMA))
     if config.augment.random_cond_frame:
         raise WanInputError("random_cond_frame is not available on Wan: a Wan latent frame after the first holds 4 video frames, "
                             "not an image to start from. Turn it off in Motion Inversion Options.")
@@ -162,6 +174,9 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
         f"Learned on Wan ({family}): {video_frames} frames ({node_inputs['frame_sampling']}) at {motion_fps:.3g} fps = "
         f"{latent_frames} latent frames, {init.tokens} umT5 tokens each plus {init.tokens} shared.",
     ]
+    if family == "wan22_i2v_a14b":
+        lines.append(f"I2V-A14B: noise levels drawn from the high-noise expert's range only (t >= {A14B_HIGH_NOISE_T:g}, the "
+                     "expert that lays out motion; connect that model, not the low-noise one).")
     if video_frames != node_inputs["video_frames"]:
         lines.append(f"video_frames {node_inputs['video_frames']} is not 4k+1: Wan's VAE takes {video_frames}.")
     return embedding, result, lines, convergence_verdict(result)

@@ -64,6 +64,9 @@ class InversionConfig:
     per_frame_tokens: bool = True  # False: one token set shared by all frames (the paper's F'=1 ablation)
     sigma_log_mean: float = 2.8  # log-normal noise levels; unofficial implementation's setting
     sigma_log_std: float = 1.6
+    # Draws below this sigma are left out (the log-normal truncated there; 0 = none): for a model trained on part of
+    # the noise range only, as Wan2.2 I2V-A14B's high-noise expert (t >= 0.9, sigma >= 9).
+    sigma_floor: float = 0.0
     init_noise: float = 0.1  # noise on the initial tokens (relative to their std); breaks their symmetry
     seed: int = 0
     eval_draws: int = 8  # fixed (sigma, noise) draws for the before/after loss; 0 = skip
@@ -88,6 +91,8 @@ class InversionConfig:
             raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
         if self.sigma_log_std < 0:
             raise ValueError(f"sigma_log_std must be >= 0, got {self.sigma_log_std}")
+        if not (0 <= self.sigma_floor < SIGMA_MAX):
+            raise ValueError(f"sigma_floor must be in [0, {SIGMA_MAX}), got {self.sigma_floor}")
         if self.learning_rate_unit not in LEARNING_RATE_UNITS:
             raise ValueError(f"learning_rate_unit must be one of {LEARNING_RATE_UNITS}, got {self.learning_rate_unit!r}")
         if not self.conditioning_pixel_noise >= 0:
@@ -176,15 +181,26 @@ def edm_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> t
 
 
 def sample_sigma(config: InversionConfig, generator: torch.Generator) -> torch.Tensor:
-    log_sigma = config.sigma_log_mean + config.sigma_log_std * torch.randn((), generator=generator)
-    return log_sigma.exp().clamp(SIGMA_MIN, SIGMA_MAX)
+    normal = torch.randn((), generator=generator)
+    if config.sigma_floor > 0:
+        normal = _truncated(config, torch.special.ndtr(normal.double())).float()
+    log_sigma = config.sigma_log_mean + config.sigma_log_std * normal
+    return log_sigma.exp().clamp(max(SIGMA_MIN, config.sigma_floor), SIGMA_MAX)
 
 
 def evaluation_sigmas(config: InversionConfig, count: int) -> torch.Tensor:
     """Deterministic noise levels at evenly spaced quantiles of the sampling distribution."""
     quantiles = (torch.arange(count, dtype=torch.float64) + 0.5) / count
-    normal = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
-    return (config.sigma_log_mean + config.sigma_log_std * normal).exp().clamp(SIGMA_MIN, SIGMA_MAX).float()
+    normal = _truncated(config, quantiles) if config.sigma_floor > 0 else torch.special.ndtri(quantiles)
+    return (config.sigma_log_mean + config.sigma_log_std * normal).exp().clamp(max(SIGMA_MIN, config.sigma_floor), SIGMA_MAX).float()
+
+
+def _truncated(config: InversionConfig, quantiles: torch.Tensor) -> torch.Tensor:
+    """Standard-normal values at ``quantiles`` of the log-normal truncated below ``sigma_floor``: the quantiles are
+    moved into [P(sigma < floor), 1), so the same random stream draws the truncated distribution."""
+    std = max(config.sigma_log_std, 1e-12)
+    below = torch.special.ndtr(torch.tensor((math.log(config.sigma_floor) - config.sigma_log_mean) / std, dtype=torch.float64))
+    return torch.special.ndtri(below + (1 - below) * quantiles).clamp(-40, 40)
 
 
 def initial_tokens(

@@ -328,6 +328,12 @@ def flow_input(noisy: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, 
     return noisy / (1 + sigma), sigma / (1 + sigma)
 
 
+# Wan2.2 I2V-A14B is two experts: the high-noise one denoises t >= 0.9 (Wan2.2's i2v boundary), where motion is laid
+# out, and was trained there only; its inversion draws noise levels from that range: s = t / (1 - t) >= 9.
+A14B_HIGH_NOISE_T = 0.9
+A14B_HIGH_NOISE_SIGMA = A14B_HIGH_NOISE_T / (1 - A14B_HIGH_NOISE_T)
+
+
 class TrainableMotionContext:
     """The per-frame umT5 context the inversion optimises, read by every block's :class:`InversionCrossAttention`.
 

@@ -22,6 +22,7 @@ from reenact_core.inversion import (
     evaluation_sigmas,
     initial_tokens,
     invert,
+    sample_sigma,
 )
 from reenact_core.plot import pil_to_image_batch, render_loss_curve
 from testkit.toy_denoiser import ToyVideoDenoiser
@@ -283,6 +284,26 @@ def test_evaluation_sigmas_follow_the_distribution():
     sigmas = evaluation_sigmas(config, 8)
     assert sigmas.shape == (8,) and torch.all(sigmas[1:] > sigmas[:-1])
     assert float(sigmas.log().mean()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_sigma_floor_truncates_the_noise_levels_and_no_floor_changes_nothing():
+    """sigma_floor (Wan2.2 I2V-A14B's high-noise expert: sigma >= 9) draws from the log-normal truncated there, from the
+    same random stream; without a floor the draws are the plain log-normal's, as before the option existed."""
+    plain, floored = InversionConfig(), InversionConfig(sigma_floor=9.0)
+    g, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(50):
+        expected = (plain.sigma_log_mean + plain.sigma_log_std * torch.randn((), generator=reference)).exp().clamp(0.002, 700.0)
+        assert torch.equal(sample_sigma(plain, g), expected)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_sigma(floored, g) for _ in range(4000)]).double()
+    assert float(draws.min()) >= 9.0
+    # the truncated log-normal's median: the quantile halfway between P(sigma < 9) and 1
+    below = torch.special.ndtr(torch.tensor((math.log(9.0) - 2.8) / 1.6, dtype=torch.float64))
+    median = math.exp(2.8 + 1.6 * float(torch.special.ndtri(below + (1 - below) * 0.5)))
+    assert float(draws.median()) == pytest.approx(median, rel=0.05)
+    assert float(evaluation_sigmas(floored, 8).min()) >= 9.0 and torch.equal(evaluation_sigmas(plain, 8), evaluation_sigmas(InversionConfig(), 8))
+    with pytest.raises(ValueError, match="sigma_floor"):
+        InversionConfig(sigma_floor=-1.0)
 
 
 def test_initial_tokens_from_clip_embeddings():

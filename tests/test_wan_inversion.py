@@ -167,6 +167,20 @@ def test_ti2v_keeps_the_first_latent_frame_and_learns_the_rest(wan, pack, ti2v):
     assert float(embedding.metadata["final_loss"]) < float(embedding.metadata["initial_loss"])
 
 
+def test_i2v_a14b_learns_only_at_the_high_noise_experts_noise_levels(wan, pack, i2v, wan_vae, clip_vision, monkeypatch):
+    """On Wan2.2 I2V-A14B (its high-noise expert) the noise levels are drawn from t >= 0.9 only, the range that expert was
+    trained on; the report says so. No tiny A14B file is built: the tiny Wan2.1-I2V is taken for one."""
+    wan_apply = node_module(pack, "wan_apply")
+    monkeypatch.setattr(wan_apply, "wan_family", lambda model: "wan22_i2v_a14b")
+    inversion = pack_submodule(pack.module, "reenact_core.inversion")
+    drawn, sample = [], inversion.sample_sigma
+    monkeypatch.setattr(inversion, "sample_sigma", lambda config, generator: drawn.append(sample(config, generator)) or drawn[-1])
+    embedding, _, report = invert(wan, i2v, wan_vae, steps=6, clip_vision=clip_vision)
+    assert len(drawn) == 6 and min(float(s) for s in drawn) >= 9.0
+    assert embedding.metadata["base_model"] == "wan22_i2v_a14b" and "sigma_floor=9.0" in embedding.metadata["inversion_config"]
+    assert "high-noise expert's range only (t >= 0.9" in report
+
+
 # -- refusals ------------------------------------------------------------------------------------------------------------------
 
 
