@@ -475,6 +475,7 @@ def _wan(env, settings: dict) -> dict:
     Reports s/step (steps after the first), peak VRAM and minutes per motion at the node's default steps."""
     import comfy.sd
     import comfy.supported_models
+    import comfy.utils
     import torch
 
     from reenact_core.inversion import InversionConfig
@@ -490,24 +491,29 @@ def _wan(env, settings: dict) -> dict:
     frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
     reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
                                  custom_width=0, custom_height=0, images=frames)
-    times = []
+    # Per-step time from the node's own progress updates (after its first step): loading, the private copy and the
+    # preflight stay out of it, and it cannot come out negative as a difference of two runs' times can on a busy CPU.
+    stamps: list[float] = []
+    previous_hook = comfy.utils.PROGRESS_BAR_HOOK
 
-    def timed(steps: int):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        embedding = env.run("MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=steps,
+    def hook(value, total, preview, *args, **kwargs):
+        stamps.append(time.perf_counter())
+        if previous_hook is not None:
+            previous_hook(value, total, preview, *args, **kwargs)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        embedding = env.run("MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
                             learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"],
                             seed=0, fps=0, motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True)[0]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-        return embedding
-
-    timed(1)  # loading, the private copy, the first step's checks
-    embedding = timed(1 + wan["steps"])
-    seconds_per_step = (times[1] - times[0]) / wan["steps"]
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous_hook)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    step_ends = stamps[-(1 + wan["steps"]):]  # one update per step, the last ones (nothing else reports progress here)
+    seconds_per_step = (step_ends[-1] - step_ends[0]) / wan["steps"]
     return {
         "model": "Wan2.2 TI2V-5B, random weights" if settings["full"] else "tiny TI2V-shaped test model",
         "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "latent_frames": int(embedding.metadata["latent_frames"]),
