@@ -35,7 +35,6 @@ from test_e2e_server import (
     APPLY,
     EXAMPLE_EMBEDDING,
     INVERT,
-    WORKFLOWS,
     WebSocketListener,
     assert_success,
     nodes_of,
@@ -588,17 +587,6 @@ def test_fifty_prompts_back_to_back(server, object_info):
     assert growth < 0.05, f"server memory grew by {100 * growth:.1f}% from prompt {WARM_UP} to {LOAD_PROMPTS}"
     assert listing() == files_before, sorted(map(str, listing() - files_before))[:10]
     assert not [p for p in (server.base / "output").rglob(".*") if p.is_file()], "a temporary file was left in output/"
-
-
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_runs_with_the_network_blocked(server, object_info, path):
-    """Every shipped workflow (scaled for CPU, as in test_e2e_server.py) on this server, where every
-    outbound connection is refused: they must succeed without trying the network."""
-    before = len(node_network_attempts(server))
-    with timed(f"workflow {path.stem}, network blocked"):
-        entry = server.run(scaled_prompt(object_info, path), timeout=900)
-    assert_success(server, entry)
-    assert node_network_attempts(server)[before:] == []
 
 
 @pytest.fixture(autouse=True)
