@@ -21,6 +21,21 @@ CPU_OVERRIDES: dict[str, dict[str, object]] = {
 XT_FRAMES = 7
 
 
+# The Wan workflows: 5 frames (2 latent frames: the first, and one to learn and generate), 64x64 (4x4 latent
+# frames; Wan's VAEs compress 8x or 16x, its patches are 2x2).
+WAN_FRAMES = 5
+WAN_CPU_OVERRIDES: dict[str, dict[str, object]] = {
+    "MotionTextualInversion": {"steps": 3, "width": SIZE, "height": SIZE, "video_frames": WAN_FRAMES, "precision": "fp32"},
+    "WanImageToVideo": {"width": SIZE, "height": SIZE, "length": WAN_FRAMES},
+    "Wan22ImageToVideoLatent": {"width": SIZE, "height": SIZE, "length": WAN_FRAMES},
+    "KSampler": {"steps": 2},
+}
+
+
+def wan_overrides_for(class_type: str, checkpoint_name: str | None = None) -> dict[str, object]:
+    return dict(WAN_CPU_OVERRIDES.get(class_type, {}))
+
+
 def overrides_for(class_type: str, checkpoint_name: str | None = None) -> dict[str, object]:
     values = dict(CPU_OVERRIDES.get(class_type, {}))
     if class_type == "SVD_img2vid_Conditioning" and checkpoint_name and "xt" in checkpoint_name:

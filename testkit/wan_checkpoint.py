@@ -107,6 +107,26 @@ def ensure_wan21_vae_test_model(cache_dir: str | os.PathLike | None = None) -> p
     return ensure_cached(name, build, cache_dir)
 
 
+def ensure_clip_vision_h_test_model(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Path of a standalone ViT-H CLIP vision file (what ``CLIPVisionLoader`` loads as clip_vision_h): the
+    random-weight SVD test checkpoint's image encoder, in open_clip's ``visual.*`` layout, which ComfyUI's
+    ``clip_vision.load`` converts. ~1.26 GB fp16: the smallest standalone file that loader accepts (see above)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .svd_checkpoint import ensure_svd_test_checkpoint
+
+    source = ensure_svd_test_checkpoint(cache_dir)
+    prefix = "conditioner.embedders.0.open_clip.model."
+
+    def build(path: pathlib.Path) -> None:
+        with safe_open(str(source), framework="pt") as f:
+            tensors = {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix + "visual.")}
+        save_file(tensors, str(path), metadata={"reenact_test_model": f"clip_vision_h from {source.name}"})
+
+    return ensure_cached(f"reenact-test-clip-vision-h-{BUILDER_VERSION}.safetensors", build, cache_dir)
+
+
 def tiny_wan_clip_vision(seed: int = 0):
     """An in-process ``ClipVisionModel`` (2 layers, width 1280, 224 px, patch 14) whose
     ``encode_image(...).penultimate_hidden_states`` is [B, 257, 1280], the shape Wan2.1-I2V's ``img_emb``
@@ -119,11 +139,14 @@ def tiny_wan_clip_vision(seed: int = 0):
 class StandInWan22VAE:
     """Where no Wan2.2 VAE can load (see above): ``encode`` [F, H, W, 3] -> [1, 48, (F-1)//4 + 1, H/16, W/16],
     a fixed linear map of 16x16 patches of the frames, the first latent frame from the first video frame alone
-    and each later one from the mean of 4 frames (as Wan's causal VAE groups them). Enough for the inversion,
-    which only encodes; nothing decodes through it."""
+    and each later one from the mean of 4 frames (as Wan's causal VAE groups them). ``decode`` maps back with
+    the pseudo-inverse, 1 + 4 (T - 1) frames, as VAEDecode expects of a Wan VAE. Enough for the nodes that
+    encode (the inversion, Wan22ImageToVideoLatent) and decode (VAEDecode) to run; it is not an autoencoder of
+    any quality."""
 
     def __init__(self, seed: int = 5):
         self.weight = torch.randn(48, 3 * 16 * 16, generator=torch.Generator().manual_seed(seed)) / 30
+        self.latent_channels = 48
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         f, h, w, _ = pixels.shape
@@ -131,6 +154,18 @@ class StandInWan22VAE:
         pooled = torch.stack([g.float().mean(0) for g in groups])  # [T, H, W, 3]
         patches = pooled.reshape(len(groups), h // 16, 16, w // 16, 16, 3).permute(0, 1, 3, 5, 2, 4).flatten(3)  # [T, h, w, 768]
         return (patches @ self.weight.to(patches.device).T).permute(3, 0, 1, 2)[None]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, 48, T, h, w] -> [B, 1 + 4 (T - 1), 16 h, 16 w, 3] in [0, 1]: each latent frame after the first gives
+        4 frames blending from the previous one to it (4 copies would be merged by the animated-WEBP writer)."""
+        b, _, t, h, w = latents.shape
+        patches = latents.float().permute(0, 2, 3, 4, 1) @ torch.linalg.pinv(self.weight).T.to(latents.device)  # [B, T, h, w, 768]
+        keys = patches.reshape(b, t, h, w, 3, 16, 16).permute(0, 1, 2, 5, 3, 6, 4).reshape(b, t, 16 * h, 16 * w, 3)
+        frames = [keys[:, :1]]
+        for i in range(1, t):
+            blend = torch.arange(1, 5, device=keys.device).view(1, 4, 1, 1, 1) / 4
+            frames.append(keys[:, i - 1:i] * (1 - blend) + keys[:, i:i + 1] * blend)
+        return torch.cat(frames, dim=1).clamp(0, 1)
 
 
 # --- building ------------------------------------------------------------------------------------

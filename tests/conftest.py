@@ -74,6 +74,31 @@ def make_checkpoints_folder(base: Path) -> Path:
     return checkpoints
 
 
+def has_wan22(root: str) -> bool:
+    """Whether a ComfyUI has Wan 2.2's nodes (>= 0.3.46), which the Wan workflows use."""
+    nodes_wan = Path(root) / "comfy_extras" / "nodes_wan.py"
+    return nodes_wan.is_file() and "Wan22ImageToVideoLatent" in nodes_wan.read_text()
+
+
+def wan_model_folders(base: Path, built: dict[str, Path]) -> dict[str, Path]:
+    """The Wan workflows' model folders under ``base``: the files in ``built`` linked under the workflows' names, and
+    a placeholder file for each other one, so every name is in its loader's list as on a user's machine. A prompt must
+    never load a placeholder (test_e2e_wan replaces the loaders of the models it stubs; the browser test only loads
+    the workflows); one that were loaded would fail loudly."""
+    from tools import make_workflows
+
+    folders = {}
+    for name, (directory, _) in make_workflows.WAN_MODEL_FILES.items():
+        folder = base / directory
+        folder.mkdir(parents=True, exist_ok=True)
+        if name in built:
+            (folder / name).symlink_to(built[name])
+        else:
+            (folder / name).write_text("placeholder for a model the Wan tests stub (tests/comfy_test_nodes)\n")
+        folders[directory] = folder
+    return folders
+
+
 def comfyui_root() -> str:
     root = os.environ.get("COMFYUI_ROOT")
     if not root:

@@ -36,14 +36,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import comfyui_root, make_checkpoints_folder
+from conftest import comfyui_root, has_wan22, make_checkpoints_folder, wan_model_folders
 from playwright import sync_api  # requirements-dev.txt; ./dev.sh installs it
 
 from testkit.comfy_server import PACK_FOLDER_NAME, ComfyServer, execution_error
 from testkit.cpu_scale import overrides_for
+from tools import make_workflows
+from tools.workflow_convert import ui_to_api
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SVD_WORKFLOWS = [p for p in WORKFLOWS if not make_workflows.is_wan_workflow(p)]
+WAN_WORKFLOWS = [p for p in WORKFLOWS if make_workflows.is_wan_workflow(p)]
 CHROMIUM = os.environ.get("REENACT_CHROMIUM", "/usr/bin/chromium")
 # Playwright adds --headless itself (headless=True); the rest keeps Chromium off the network and
 # quiet. Every launch gets a fresh temporary profile.
@@ -365,7 +369,10 @@ def server(tmp_path_factory):
     for sub in ("workflows", "subgraphs"):
         (user / sub).mkdir(parents=True, exist_ok=True)
     (user / "comfy.settings.json").write_text(json.dumps(USER_SETTINGS, indent=2))
-    srv = ComfyServer(root, base / "server", {"checkpoints": checkpoints}, python=sys.executable)
+    folders = {"checkpoints": checkpoints}
+    if has_wan22(root):  # the Wan workflows' files, as a user who downloaded them has them (they are only loaded here)
+        folders.update(wan_model_folders(base / "models", {}))
+    srv = ComfyServer(root, base / "server", folders, python=sys.executable)
     srv.start()
     try:
         yield srv
@@ -434,7 +441,7 @@ class Console:
 # -- the test ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("workflow_path", SVD_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_file, workflow_path):
     workflow = json.loads(workflow_path.read_text())
     context = browser.new_context(viewport=VIEWPORT)
@@ -457,6 +464,33 @@ def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_fi
     assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
 
 
+def _skip_wan_without_wan(server, workflow_path) -> None:
+    if make_workflows.is_wan_workflow(workflow_path) and not has_wan22(str(server.root)):
+        pytest.skip("this ComfyUI has no Wan 2.2 nodes (ComfyUI >= 0.3.46): the Wan workflows are for newer ones")
+
+
+@pytest.mark.parametrize("workflow_path", WAN_WORKFLOWS, ids=lambda p: p.stem)
+def test_wan_workflow_loads_in_the_browser(server, browser, artifacts_root, workflow_path):
+    """A Wan workflow in the frontend, with its model files present as a user who downloaded them has them: every node
+    registered, no error or missing-model dialog, widget values as in the file, the layout; and the prompt the page
+    builds is the one tools.workflow_convert makes of the file, which test_e2e_wan runs end to end (the umT5 text
+    encoder and the Wan2.2 VAE cannot load in any small form, so no browser run here)."""
+    _skip_wan_without_wan(server, workflow_path)
+    workflow = json.loads(workflow_path.read_text())
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    console = Console(page, server.url)
+    try:
+        _load_workflow(server, page, workflow, workflow_path.stem, artifacts_root)
+        prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+    finally:
+        context.close()
+    converted = ui_to_api(workflow, server.get("/object_info"))
+    assert {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()} == {k: (v["class_type"], v["inputs"]) for k, v in converted.items()}
+    assert not console.page_errors, "uncaught errors in the page:\n" + "\n\n".join(console.page_errors)
+    assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
+
+
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_layout_on_the_canvas(server, browser, artifacts_root, workflow_path):
     """Opened in a 1600x1000 window, a workflow shows all of it, readable: no node overlaps another or
@@ -464,6 +498,7 @@ def test_workflow_layout_on_the_canvas(server, browser, artifacts_root, workflow
     Fit View show every node uncovered (not under the sidebar or the tab bar) at a zoom where node text is
     drawn. The legacy frontend keeps its own view on loading a workflow and has no Fit View: there only the
     overlaps are checked. After a run the same holds (test_workflow_runs_in_the_browser)."""
+    _skip_wan_without_wan(server, workflow_path)
     workflow = json.loads(workflow_path.read_text())
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
@@ -550,54 +585,8 @@ def _frontend_label(page) -> str | None:
 
 
 def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_file) -> None:
-    page.goto(server.url, wait_until="networkidle")
-    page.wait_for_function(JS_READY, timeout=60_000)
-    assert page.evaluate(JS_VISIBLE_DIALOGS, False) == [], "a dialog covers the page after start-up (first-run tutorial?)"
+    nodes = _load_workflow(server, page, workflow, stem, artifacts_root)
     folder = artifacts_root / _frontend_label(page)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    # -- load the workflow the way the UI does; nothing may be missing --------------------------------
-    page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
-    page.wait_for_load_state("networkidle")  # the new frontend checks models and node packs after loading
-    _rendered(page)
-    page.screenshot(path=str(folder / f"{stem}.page.png"))
-    _check_layout(page, "as loaded")
-    nodes = {str(n["id"]): n for n in page.evaluate(JS_GRAPH_STATE)}
-    assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), "the page's graph has other nodes than the file"
-    unknown = [n["type"] for n in nodes.values() if not n["registered"] or n["has_errors"]]
-    assert not unknown, f"node types missing in the frontend: {unknown}"
-    assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the workflow loads with errors"
-    for saved in workflow["nodes"]:
-        # The frontend serialises widget values as the file has them: nothing shifted. The legacy
-        # frontend also stores a value for widgets that are not part of the prompt (the pack's upload
-        # button, which is therefore the last widget: the values before it keep their places).
-        node, expected = nodes[str(saved["id"])], saved.get("widgets_values", [])
-        values, extra = node["widgets_values"], len(node["widgets_values"]) - len(expected)
-        if extra > 0 and not any(w["serialize"] for w in node["widgets"][-extra:]):
-            values = values[:-extra]
-        assert values == expected, f"node {saved['id']} ({saved['type']}): the page serialises {node['widgets_values']}"
-    for node in nodes.values():
-        if node["type"] == "LoadMotionReference":
-            buttons = [w for w in node["widgets"] if w["type"] == "button"]
-            assert [w["name"] for w in buttons] == ["upload video"], "the pack's upload button is missing"
-            # The pack's widgets (the button, the text shown after a run) come after the node's own and are
-            # never serialised: saved widget values keep their places in every frontend.
-            own = [i for i, w in enumerate(node["widgets"]) if w["serialize"]]
-            added = node["widgets"][max(own) + 1:]
-            assert [w["type"] for w in added] == ["button", "reenact_text"] and not any(w["serialize"] for w in added)
-
-    # -- screenshot of the graph alone (thumbnail material) -------------------------------------------
-    # The page grows to hold the whole graph at the workflows' own zoom (75 %; both frontends draw
-    # nodes without text below 60 %), the canvas shows nothing but the graph.
-    bounds = page.evaluate(JS_GRAPH_BOUNDS)
-    size = [math.ceil((bounds[2] - bounds[0]) * SHOT_SCALE) + 2 * SHOT_MARGIN, math.ceil((bounds[3] - bounds[1]) * SHOT_SCALE) + 2 * SHOT_MARGIN]
-    page.set_viewport_size({"width": max(size[0], VIEWPORT["width"]), "height": max(size[1], VIEWPORT["height"])})
-    _rendered(page)
-    clip = page.evaluate(JS_FRAME_GRAPH, [bounds, SHOT_SCALE, SHOT_MARGIN])
-    page.screenshot(path=str(folder / f"{stem}.png"), clip=clip)
-    page.evaluate(JS_UNFRAME)
-    page.set_viewport_size(VIEWPORT)
-    _rendered(page)
 
     # -- the pack's upload button: a real click opens a file chooser; the file lands in input/ --------
     uploaded = None
@@ -664,6 +653,61 @@ def _run_workflow(server, page, console, workflow, stem, artifacts_root, upload_
     # -- outputs on disk --------------------------------------------------------------------------------
     _check_outputs(server, workflow, overrides, entry)
 
+
+
+def _load_workflow(server, page, workflow, stem, artifacts_root) -> dict:
+    """Open the page, load the workflow as the UI does and check it: every node registered, no error or missing-model
+    dialog, the widget values serialised as the file has them, the layout; screenshots. Returns the page's nodes."""
+    page.goto(server.url, wait_until="networkidle")
+    page.wait_for_function(JS_READY, timeout=60_000)
+    assert page.evaluate(JS_VISIBLE_DIALOGS, False) == [], "a dialog covers the page after start-up (first-run tutorial?)"
+    folder = artifacts_root / _frontend_label(page)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    # -- load the workflow the way the UI does; nothing may be missing --------------------------------
+    page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
+    page.wait_for_load_state("networkidle")  # the new frontend checks models and node packs after loading
+    _rendered(page)
+    page.screenshot(path=str(folder / f"{stem}.page.png"))
+    _check_layout(page, "as loaded")
+    nodes = {str(n["id"]): n for n in page.evaluate(JS_GRAPH_STATE)}
+    assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), "the page's graph has other nodes than the file"
+    unknown = [n["type"] for n in nodes.values() if not n["registered"] or n["has_errors"]]
+    assert not unknown, f"node types missing in the frontend: {unknown}"
+    assert page.evaluate(JS_VISIBLE_DIALOGS, True) == [], "the workflow loads with errors"
+    for saved in workflow["nodes"]:
+        # The frontend serialises widget values as the file has them: nothing shifted. The legacy
+        # frontend also stores a value for widgets that are not part of the prompt (the pack's upload
+        # button, which is therefore the last widget: the values before it keep their places).
+        node, expected = nodes[str(saved["id"])], saved.get("widgets_values", [])
+        values, extra = node["widgets_values"], len(node["widgets_values"]) - len(expected)
+        if extra > 0 and not any(w["serialize"] for w in node["widgets"][-extra:]):
+            values = values[:-extra]
+        assert values == expected, f"node {saved['id']} ({saved['type']}): the page serialises {node['widgets_values']}"
+    for node in nodes.values():
+        if node["type"] == "LoadMotionReference":
+            buttons = [w for w in node["widgets"] if w["type"] == "button"]
+            assert [w["name"] for w in buttons] == ["upload video"], "the pack's upload button is missing"
+            # The pack's widgets (the button, the text shown after a run) come after the node's own and are
+            # never serialised: saved widget values keep their places in every frontend.
+            own = [i for i, w in enumerate(node["widgets"]) if w["serialize"]]
+            added = node["widgets"][max(own) + 1:]
+            assert [w["type"] for w in added] == ["button", "reenact_text"] and not any(w["serialize"] for w in added)
+
+    # -- screenshot of the graph alone (thumbnail material) -------------------------------------------
+    # The page grows to hold the whole graph at the workflows' own zoom (75 %; both frontends draw
+    # nodes without text below 60 %), the canvas shows nothing but the graph.
+    bounds = page.evaluate(JS_GRAPH_BOUNDS)
+    size = [math.ceil((bounds[2] - bounds[0]) * SHOT_SCALE) + 2 * SHOT_MARGIN, math.ceil((bounds[3] - bounds[1]) * SHOT_SCALE) + 2 * SHOT_MARGIN]
+    page.set_viewport_size({"width": max(size[0], VIEWPORT["width"]), "height": max(size[1], VIEWPORT["height"])})
+    _rendered(page)
+    clip = page.evaluate(JS_FRAME_GRAPH, [bounds, SHOT_SCALE, SHOT_MARGIN])
+    page.screenshot(path=str(folder / f"{stem}.png"), clip=clip)
+    page.evaluate(JS_UNFRAME)
+    page.set_viewport_size(VIEWPORT)
+    _rendered(page)
+
+    return nodes
 
 def _wait_for_run(server, page, queued: dict) -> tuple[str, dict]:
     """The prompt the page queued (its id from the page's own queue request), followed by what the page

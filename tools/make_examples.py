@@ -23,6 +23,7 @@ from testkit.media import write_video
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets"
 WIDTH, HEIGHT, FRAMES = 256, 144, 16
+WAN_FRAMES, WAN_FPS = 33, 16
 
 
 def _background(seed: int, tint) -> np.ndarray:
@@ -33,12 +34,12 @@ def _background(seed: int, tint) -> np.ndarray:
     return np.clip(base[..., None] * np.array(tint)[None, None, :], 0, 1)
 
 
-def reference_frames() -> np.ndarray:
+def reference_frames(count: int = FRAMES) -> np.ndarray:
     """A red ball travelling along an arc, left to right, over a tiled floor."""
     frames = []
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    for i in range(FRAMES):
-        t = i / (FRAMES - 1)
+    for i in range(count):
+        t = i / (count - 1)
         cx = 40 + t * (WIDTH - 80)
         cy = HEIGHT - 40 - math.sin(math.pi * t) * 60
         img = _background(1, (1.0, 1.0, 1.0)).copy()
@@ -62,6 +63,8 @@ def write_inputs() -> None:
     inputs = EXAMPLES / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     write_video(reference_frames(), inputs / "reenact_example_reference.mp4", fps=8)
+    # The same arc for the Wan workflows: Wan's own rate and a 4k+1 length (33 frames = 9 latent frames)
+    write_video(reference_frames(WAN_FRAMES), inputs / "reenact_wan_example_reference.mp4", fps=WAN_FPS)
     for i, img in enumerate(target_images(), start=1):
         Image.fromarray(img).save(inputs / f"reenact_example_target_{i}.png", optimize=True)
 

@@ -1,12 +1,15 @@
 """Regenerate the example workflows in workflows/ (ComfyUI UI format, version 0.4).
 
-    COMFYUI_ROOT=... python -m tools.make_workflows
+    COMFYUI_ROOT=<2024-03 ComfyUI> python -m tools.make_workflows          # the SVD workflows
+    COMFYUI_ROOT=<2025-12 ComfyUI> python -m tools.make_workflows --wan    # the Wan workflows
 
 Node sockets and widget order come from the node definitions of a real ComfyUI (with this pack
 loaded), and widget values follow the frontend's serialisation rules (a control_after_generate value
 after seed widgets, an upload value after image-upload combos), so the files load in the UI exactly
-like a workflow saved from it. Run it against the 2024-03 ComfyUI (the default COMFYUI_ROOT, the oldest
-supported): later ComfyUIs changed some stock nodes' widgets, and later frontends migrate the old lists.
+like a workflow saved from it. The SVD workflows are built from the 2024-03 ComfyUI (the default
+COMFYUI_ROOT, the oldest supported): later ComfyUIs changed some stock nodes' widgets, and later frontends
+migrate the old lists. The Wan workflows need Wan's nodes, so they are built from the 2025-12 ComfyUI
+(v0.3.75, COMFYUI=2025-12), whose widget lists current frontends load as they are.
 tests/test_workflow_files.py checks that the files are this script's output. The thumbnails (.jpg) are
 screenshots taken by the browser test.
 """
@@ -53,6 +56,16 @@ SIZES = {  # (width, height without the title bar)
     "KSampler": (NODE_WIDTH, 266),
     "VAEDecode": (NODE_WIDTH, 50),
     "SaveAnimatedWEBP": (NODE_WIDTH, 158 + IMAGE_ROOM),
+    # Wan (the 2025-12 ComfyUI's nodes)
+    "UNETLoader": (370, 82),
+    "CLIPLoader": (370, 106),
+    "VAELoader": (370, 58),
+    "CLIPVisionLoader": (370, 58),
+    "CLIPTextEncode": (340, 140),
+    "CLIPVisionEncode": (NODE_WIDTH, 78),
+    "WanImageToVideo": (NODE_WIDTH, 210),
+    "Wan22ImageToVideoLatent": (NODE_WIDTH, 150),
+    "ModelSamplingSD3": (NODE_WIDTH, 58),
 }
 # The saved view: the graph fitted into a 1600x1000 window, clear of the new frontends' sidebar (left) and
 # tab bar (top), never above 100 %.
@@ -403,14 +416,173 @@ MOTION_WORLD_CFG = 1.0
 MOTION_WORLD_FPS = 6  # the small model was trained with fps conditioning 6 only (motion_world/train.py)
 
 
-WORKFLOWS_TO_BUILD = {
+# -- Wan 2.1 / 2.2 (models named as ComfyUI's own Wan templates name them) -------------------------------
+
+WAN_REFERENCE = "reenact_wan_example_reference.mp4"  # the example arc at Wan's 16 fps, 33 frames (tools/make_examples.py)
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN21_VAE = "wan_2.1_vae.safetensors"
+WAN_MODEL_FILES = {  # the file, the folder ComfyUI loads it from, where ComfyUI's templates download it
+    "wan2.1_i2v_480p_14B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"),
+    "wan2.2_ti2v_5B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors"),
+    UMT5: ("text_encoders", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    WAN21_VAE: ("vae", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"),
+    "wan2.2_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors"),
+    "clip_vision_h.safetensors": ("clip_vision", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/clip_vision/clip_vision_h.safetensors"),
+}
+# Wan's own negative prompt, as ComfyUI's Wan templates carry it.
+WAN_NEGATIVE = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，"
+    "画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+WAN_POSITIVE = "a blue box sliding across a warm tiled floor"
+# The inversion on Wan: 33 frames (9 latent frames) at 480x288 keep a step of the 14B model at a few seconds on a
+# 80 GB GPU; the tokens do not depend on the size, and the motion applies at 832x480. Not yet tuned on real Wan
+# weights (no GPU with them has run here): 500 steps at 0.1 (lower than SVD's 0.3: umT5 states are smaller than
+# CLIP image embeddings) is where to start.
+WAN_INVERSION = {"steps": 500, "learning_rate": 0.1, "video_frames": 33, "width": 480, "height": 288, "fps": 0}
+WAN_FPS = 16
+
+
+def wan_loader(g: Graph, class_type: str, file_name: str, **widgets) -> dict:
+    """A stock loader with the file the workflow expects, and where to download it: the new frontend offers the
+    download of a missing model from ``properties.models``, as it does for ComfyUI's own templates."""
+    widget = {"UNETLoader": "unet_name", "VAELoader": "vae_name"}.get(class_type, "clip_name")
+    node = g.add(class_type, ORIGIN, **{widget: file_name}, **widgets)
+    folder, url = WAN_MODEL_FILES[file_name]
+    node["properties"]["models"] = [{"name": file_name, "url": url, "directory": folder}]
+    return node
+
+
+def wan_inversion(g: Graph, model: dict, vae: dict, clip_vision: dict | None) -> tuple[dict, dict]:
+    reference = g.add("LoadMotionReference", ORIGIN, video=WAN_REFERENCE)
+    widgets = dict(WAN_INVERSION, tokens_per_frame=5, seed=0, motion_bucket_id=127, augmentation_level=0.0, precision="auto",
+                   gradient_checkpointing=True)
+    invert = g.add("MotionTextualInversion", ORIGIN, **widgets)
+    g.connect(model, "MODEL", invert, "model")
+    g.connect(vae, "VAE", invert, "vae")
+    if clip_vision is not None:
+        g.connect(clip_vision, "CLIP_VISION", invert, "clip_vision")
+    g.connect(reference, "motion_reference", invert, "motion_reference")
+    return reference, invert
+
+
+def wan_prompts(g: Graph, clip: dict) -> tuple[dict, dict]:
+    positive = g.add("CLIPTextEncode", ORIGIN, title="Prompt (replaced by the motion)", text=WAN_POSITIVE)
+    negative = g.add("CLIPTextEncode", ORIGIN, title="Negative prompt", text=WAN_NEGATIVE)
+    g.connect(clip, "CLIP", positive, "clip")
+    g.connect(clip, "CLIP", negative, "clip")
+    return positive, negative
+
+
+Socket = tuple[dict, str]  # a node and one of its outputs
+
+
+def wan_sampling(g: Graph, model: dict, vae: dict, positive: Socket, negative: Socket, latent: Socket, motion: Socket, cfg: float,
+                 prefix: str) -> dict[str, dict]:
+    """Apply Motion Embedding on the model (the sampler takes its model output), then sampling as Wan's templates set it."""
+    apply = g.add("ApplyMotionEmbedding", ORIGIN, strength=1.0)
+    shift = g.add("ModelSamplingSD3", ORIGIN, shift=8.0)
+    sampler = g.add("KSampler", ORIGIN, seed=0, steps=20, cfg=cfg, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    decode = g.add("VAEDecode", ORIGIN)
+    save = g.add("SaveAnimatedWEBP", ORIGIN, filename_prefix=prefix, fps=float(WAN_FPS), lossless=False, quality=85, method="default")
+    g.connect(*positive, apply, "positive")
+    g.connect(*negative, apply, "negative")
+    g.connect(*latent, apply, "latent")
+    g.connect(*motion, apply, "motion_embedding")
+    g.connect(model, "MODEL", shift, "model")
+    g.connect(shift, "MODEL", apply, "model")
+    g.connect(apply, "model", sampler, "model")
+    g.connect(apply, "positive", sampler, "positive")
+    g.connect(apply, "negative", sampler, "negative")
+    g.connect(*latent, sampler, "latent_image")
+    g.connect(sampler, "LATENT", decode, "samples")
+    g.connect(vae, "VAE", decode, "vae")
+    g.connect(decode, "IMAGE", save, "images")
+    return {"apply": apply, "shift": shift, "sampler": sampler, "decode": decode, "save": save}
+
+
+WAN_INVERT_NOTE = """Learn a motion on Wan, apply it to an image
+
+Motion Textual Inversion learns umT5 tokens for each of the clip's latent frames (4 video frames each) while Wan stays frozen; no text encoder is needed for that.
+
+- video_frames: 4k+1 (33 = 9 latent frames). 480x288 keeps a step short; the motion applies at any size and length.
+- steps / learning_rate: 500 at 0.1 is a starting point, not a tuned recipe. A loss curve that jumps about: lower the rate.
+- Apply Motion Embedding: connect the model and sample with its model output. There the motion takes the place of the positive prompt in every block; the negative prompt stays.
+- The info output says at which fps to save for the learned speed."""
+
+WAN21_MEMORY_NOTE = """Wan2.1-I2V is a 14B model: its fp16 weights alone are 28 GB, so learning a motion needs a GPU with more memory than that (fp8 weights and offloading are not supported yet). Before its first step the node checks the free VRAM and says what to lower."""
+
+
+def workflow_wan21_i2v(g: Graph) -> None:
+    unet = wan_loader(g, "UNETLoader", "wan2.1_i2v_480p_14B_fp16.safetensors", weight_dtype="default")
+    clip = wan_loader(g, "CLIPLoader", UMT5, type="wan")
+    vae = wan_loader(g, "VAELoader", WAN21_VAE)
+    clip_vision = wan_loader(g, "CLIPVisionLoader", "clip_vision_h.safetensors")
+    reference, invert = wan_inversion(g, unet, vae, clip_vision)
+    save_motion, preview = outputs_of_inversion(g, invert, "wan21/motion")
+    image = g.add("LoadImage", ORIGIN, image=TARGETS[0])
+    encode = g.add("CLIPVisionEncode", ORIGIN, crop="none")
+    positive, negative = wan_prompts(g, clip)
+    i2v = g.add("WanImageToVideo", ORIGIN, width=832, height=480, length=WAN_INVERSION["video_frames"], batch_size=1)
+    g.connect(clip_vision, "CLIP_VISION", encode, "clip_vision")
+    g.connect(image, "IMAGE", encode, "image")
+    g.connect(positive, "CONDITIONING", i2v, "positive")
+    g.connect(negative, "CONDITIONING", i2v, "negative")
+    g.connect(vae, "VAE", i2v, "vae")
+    g.connect(encode, "CLIP_VISION_OUTPUT", i2v, "clip_vision_output")
+    g.connect(image, "IMAGE", i2v, "start_image")
+    parts = wan_sampling(g, unet, vae, (i2v, "positive"), (i2v, "negative"), (i2v, "latent"), (invert, "motion_embedding"), 6.0,
+                         "reenact/wan21_i2v")
+    note = g.note(WAN_INVERT_NOTE, (320, 470), title="Wan")
+    memory = g.note(WAN21_MEMORY_NOTE, (320, 150), title="Memory", warning=True)
+    _wan_groups(g, [unet, clip, vae, clip_vision], reference, invert, save_motion, preview, parts, [note, memory],
+                [[image], [encode], [positive, negative], [i2v, parts["shift"]], [parts["apply"]], [parts["sampler"]]])
+
+
+def workflow_wan22_ti2v(g: Graph) -> None:
+    unet = wan_loader(g, "UNETLoader", "wan2.2_ti2v_5B_fp16.safetensors", weight_dtype="default")
+    clip = wan_loader(g, "CLIPLoader", UMT5, type="wan")
+    vae = wan_loader(g, "VAELoader", "wan2.2_vae.safetensors")
+    reference, invert = wan_inversion(g, unet, vae, None)
+    save_motion, preview = outputs_of_inversion(g, invert, "wan22_ti2v/motion")
+    image = g.add("LoadImage", ORIGIN, image=TARGETS[0])
+    positive, negative = wan_prompts(g, clip)
+    latent = g.add("Wan22ImageToVideoLatent", ORIGIN, width=1280, height=704, length=WAN_INVERSION["video_frames"], batch_size=1)
+    g.connect(vae, "VAE", latent, "vae")
+    g.connect(image, "IMAGE", latent, "start_image")
+    parts = wan_sampling(g, unet, vae, (positive, "CONDITIONING"), (negative, "CONDITIONING"), (latent, "LATENT"),
+                         (invert, "motion_embedding"), 5.0, "reenact/wan22_ti2v")
+    note = g.note(WAN_INVERT_NOTE, (320, 470), title="Wan")
+    _wan_groups(g, [unet, clip, vae], reference, invert, save_motion, preview, parts, [note],
+                [[image], [positive, negative], [latent, parts["shift"]], [parts["apply"]], [parts["sampler"]]])
+
+
+def _wan_groups(g: Graph, loaders, reference, invert, save_motion, preview, parts, notes, apply_columns) -> None:
+    """Models, Learn, Output and the notes side by side, the apply chain under them: the whole graph fits the
+    1600x1000 window, at the saved view and at the frontend's Fit View, at a zoom where node text is drawn."""
+    models = g.group("Models", GROUP_COLORS["motion"], [loaders], 0, 0)
+    learn = g.group("Learn the motion", GROUP_COLORS["learn"], [[reference, save_motion], [invert], [preview]], right_of(models), 0)
+    output = g.group("Output", GROUP_COLORS["output"], [[parts["decode"], parts["save"]]], right_of(learn), 0)
+    g.group("Read me", GROUP_COLORS["reference"], [notes], right_of(output), 0)
+    g.group("Apply to a target", GROUP_COLORS["apply"], apply_columns, 0, below(learn))
+
+SVD_WORKFLOWS = {  # built from the 2024-03 ComfyUI's node definitions
     "reenact_1_invert_motion.json": workflow_invert,
     "reenact_2_apply_motion.json": workflow_apply,
     "reenact_3_invert_and_apply_two_targets.json": workflow_invert_and_apply,
     "reenact_4_svd_xt_from_14_frame_motion.json": workflow_svd_xt,
     "reenact_5_motion_world_demo.json": workflow_motion_world,
 }
+WAN_WORKFLOWS = {  # built from the 2025-12 ComfyUI's (v0.3.75)
+    "reenact_6_wan21_i2v_invert_and_apply.json": workflow_wan21_i2v,
+    "reenact_7_wan22_ti2v_invert_and_apply.json": workflow_wan22_ti2v,
+}
+WAN_COMFYUI_VERSION = "0.3.75"
+WORKFLOWS_TO_BUILD = {**SVD_WORKFLOWS, **WAN_WORKFLOWS}
 
+
+def is_wan_workflow(path_or_name) -> bool:
+    return Path(path_or_name).name in WAN_WORKFLOWS
 
 def node_definitions() -> dict:
     """What /object_info would serve, from an in-process ComfyUI with the pack loaded."""
@@ -437,9 +609,14 @@ def build_workflow(definitions: dict, file_name: str) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wan", action="store_true", help=f"the Wan workflows (COMFYUI_ROOT: the 2025-12 ComfyUI, v{WAN_COMFYUI_VERSION})")
+    args = parser.parse_args()
     definitions = node_definitions()
     WORKFLOWS.mkdir(exist_ok=True)
-    for file_name in WORKFLOWS_TO_BUILD:
+    for file_name in WAN_WORKFLOWS if args.wan else SVD_WORKFLOWS:
         (WORKFLOWS / file_name).write_text(json.dumps(build_workflow(definitions, file_name), indent=2) + "\n")
         print(f"wrote {WORKFLOWS / file_name}")
 

@@ -11,6 +11,12 @@
   before its first step) until the prompt is interrupted, writing ``ready_file`` when it starts waiting. A
   test waits for that file, then its POST /interrupt lands exactly there, whatever the machine's speed (and
   whatever progress messages a ComfyUI version throttles): cancelling is driven by the server's state.
+* ``ReenactTestUMT5Encode`` and ``ReenactTestWan22VAE`` stand in for the two Wan models no test can load
+  (testkit/wan_checkpoint.py says why: the smallest umT5 that ComfyUI loads is the 11 GB real one, and the
+  Wan2.2 VAE is built at full size): the first gives what CLIPTextEncode gives on Wan, umT5-shaped states
+  [1, 512, 4096] (deterministic per text, zero past its words as umT5's padding is), the second testkit's
+  StandInWan22VAE. test_e2e_wan puts them in place of CLIPLoader + CLIPTextEncode and of the VAELoader of
+  wan2.2_vae; every other node of the Wan workflows runs as shipped.
 * ``ReenactTestLiveObjects`` writes, as JSON to ``report_file``, how many SVD models are alive in the server
   (the shared one, and any private training copy that survived its inversion) and the bytes of all live
   tensors: what memory checks need, free of the allocator's habits that make RSS a loose measure.
@@ -19,10 +25,13 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import socket
+import sys
 import time
+from pathlib import Path
 
 import comfy.model_management
 import comfy.utils
@@ -160,12 +169,53 @@ def _step(self, *args, **kwargs):
 
 torch.optim.AdamW.step = _step
 
+class ReenactTestUMT5Encode:
+    CATEGORY = "_reenact_test"
+    DESCRIPTION = "Test only: umT5-shaped conditioning [1, 512, 4096] for a text, in place of CLIPLoader (wan) + CLIPTextEncode."
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True, "tooltip": "The prompt; only its hash and word count matter."})}}
+
+    def encode(self, text):
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        states = torch.zeros(1, 512, 4096)
+        words = min(len(text.split()) + 1, 512)  # + the end token
+        states[:, :words] = torch.randn(1, words, 4096, generator=torch.Generator().manual_seed(seed)) * 0.1
+        return ([[states, {}]],)
+
+
+class ReenactTestWan22VAE:
+    CATEGORY = "_reenact_test"
+    DESCRIPTION = "Test only: testkit's StandInWan22VAE (48 channels, 16x, 4 frames per latent frame), in place of wan2.2_vae."
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        repository = str(Path(__file__).resolve().parents[2])
+        if repository not in sys.path:
+            sys.path.append(repository)  # last: its nodes/ package must never shadow ComfyUI's nodes module
+        from testkit.wan_checkpoint import StandInWan22VAE
+
+        return (StandInWan22VAE(),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "ReenactTestUMT5Encode": ReenactTestUMT5Encode,
+    "ReenactTestWan22VAE": ReenactTestWan22VAE,
     "ReenactTestOpenConnection": ReenactTestOpenConnection,
     "ReenactTestPauseInversion": ReenactTestPauseInversion,
     "ReenactTestLiveObjects": ReenactTestLiveObjects,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "ReenactTestUMT5Encode": "Reenact test: umT5-shaped conditioning",
+    "ReenactTestWan22VAE": "Reenact test: stand-in Wan2.2 VAE",
     "ReenactTestLiveObjects": "Reenact test: live models and tensors",
     "ReenactTestOpenConnection": "Reenact test: open a connection",
     "ReenactTestPauseInversion": "Reenact test: pause the next inversion",
