@@ -8,6 +8,8 @@ stand-in VAE whose encode is a fixed linear map to 48 channels, 16x smaller, 4 f
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -179,6 +181,31 @@ def test_i2v_a14b_learns_only_at_the_high_noise_experts_noise_levels(wan, pack, 
     assert len(drawn) == 6 and min(float(s) for s in drawn) >= 9.0
     assert embedding.metadata["base_model"] == "wan22_i2v_a14b" and "sigma_floor=9.0" in embedding.metadata["inversion_config"]
     assert "high-noise expert's range only (t >= 0.9" in report
+
+
+def test_fp8_weights_stay_fp8_in_the_private_copy_and_the_motion_is_still_learned(wan, pack, wan_vae, clip_vision, monkeypatch):
+    """Load Diffusion Model with weight_dtype fp8_e4m3fn (how a 14B Wan fits a 24 GB card): the inversion's private copy
+    keeps the fp8 weights, each layer casting its own as it runs, and the node still learns (the loss falls)."""
+    import comfy.sd
+
+    from testkit.wan_checkpoint import ensure_wan21_i2v_test_model
+
+    with torch.inference_mode():
+        fp8 = comfy.sd.load_diffusion_model(str(ensure_wan21_i2v_test_model()), model_options={"dtype": torch.float8_e4m3fn})
+    cd = node_module(pack, "comfy_denoiser")
+    assert cd.stored_in_fp8(fp8.model.diffusion_model)
+    in_copy, convert = [], cd._convert_unet
+
+    def spy(base, dtype, device):
+        convert(base, dtype, device)
+        in_copy.append(collections.Counter(p.dtype for p in base.diffusion_model.parameters()))
+
+    monkeypatch.setattr(cd, "_convert_unet", spy)
+    embedding, _, _ = invert(wan, fp8, wan_vae, steps=16, clip_vision=clip_vision, gradient_checkpointing=True)
+    (dtypes,) = in_copy
+    assert dtypes[torch.float8_e4m3fn] > sum(dtypes.values()) / 2, dtypes  # the layer weights: most of the parameters
+    assert float(embedding.metadata["final_loss"]) < 0.8 * float(embedding.metadata["initial_loss"])
+    assert fp8.model.diffusion_model.blocks[0].cross_attn.q.weight.dtype == torch.float8_e4m3fn  # the shared model untouched
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------------------

@@ -510,7 +510,7 @@ Motion Textual Inversion learns umT5 tokens for each of the clip's latent frames
 - Apply Motion Embedding: connect the model and sample with its model output. There the motion takes the place of the positive prompt in every block; the negative prompt stays.
 - The info output says at which fps to save for the learned speed."""
 
-WAN21_MEMORY_NOTE = """Wan2.1-I2V is a 14B model: its fp16 weights alone are 28 GB, so learning a motion needs a GPU with more memory than that (fp8 weights and offloading are not supported yet). Before its first step the node checks the free VRAM and says what to lower."""
+WAN21_MEMORY_NOTE = """Wan2.1-I2V is a 14B model: its fp16 weights alone are 28 GB. Load Diffusion Model's weight_dtype fp8_e4m3fn halves that, and the inversion keeps them fp8 (with gradient_checkpointing on, only one block's weights are cast up at a time). Before its first step the node checks the free VRAM and says what to lower."""
 
 
 def workflow_wan21_i2v(g: Graph) -> None:
