@@ -16,6 +16,7 @@ agreement, area kept, leakage of A's colour into B; reported for motions of A's 
 family, and motions of no class's family.
 
     COMFYUI_ROOT=... python -m bench.classes_bench --model /path/to/classes.safetensors [--quick] [--jobs 2]
+    python -m bench.classes_bench --merge seed0/results.json seed1/results.json --out merged   # seeds run apart
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ GROUPS = ("all", "family", "family, held-out motion", "no family")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a Motion World file trained with --world classes --context appearance")
+    parser.add_argument("--model", help="a Motion World file trained with --world classes --context appearance")
+    parser.add_argument("--merge", type=Path, nargs="+", help="instead of running: the table of these runs' results.json together "
+                        "(e.g. seeds run one by one with --only-seed)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--references", type=int, default=40, help="reference clips; each is applied to 3 targets")
     parser.add_argument("--steps", type=int, default=MOTION_WORLD_STEPS, help="inversion steps (0: the node's default)")
@@ -77,6 +80,8 @@ def parse_args(argv=None):
     parser.add_argument("--only-seed", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "motion_world" / "classes")
     args = parser.parse_args(argv)
+    if not args.model and not args.merge:
+        parser.error("--model is required (or --merge)")
     if args.quick:
         args.seeds, args.references = 1, 8
     return args
@@ -187,9 +192,26 @@ def run_parallel(args, argv) -> dict:
     return run_seeds_in_processes("bench.classes_bench", args, argv, [c.name for c in selected_conditions(args)])
 
 
+def merged(paths: list[Path]) -> dict:
+    """The rows of several runs (each seed once: a seed in two files is an error), conditions in their first order."""
+    rows, seeds = [], set()
+    for path in paths:
+        run_rows = json.loads(path.read_text())["rows"]
+        run_seeds = {r["seed"] for r in run_rows}
+        if run_seeds & seeds:
+            raise SystemExit(f"{path}: seed(s) {sorted(run_seeds & seeds)} are already in an earlier file")
+        seeds |= run_seeds
+        rows += run_rows
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    return {"rows": rows, "strips": [], "conditions": conditions, "seconds": 0.0}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = run_parallel(args, argv) if args.jobs > 1 and args.only_seed < 0 else run(args)
+    if args.merge:
+        result = merged(args.merge)
+    else:
+        result = run_parallel(args, argv) if args.jobs > 1 and args.only_seed < 0 else run(args)
     table = summarise(result["rows"], result["conditions"])
     print_table(table, result["seconds"], seeds=len({r["seed"] for r in result["rows"]}))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,27 @@ def test_classes_bench_applies_each_reference_to_every_other_class_under_every_c
     assert "hue_shift': 0.0" in rows["+ random conditioning frame"]["inversion_config"]
 
 
+def test_classes_bench_merges_seeds_run_apart_and_refuses_a_seed_twice(tmp_path):
+    """--merge: seeds run one by one (--only-seed) make one table, as one run of all of them would."""
+    from bench import classes_bench
+
+    def row(seed, condition, error):
+        return {"seed": seed, "condition": condition, "kind": "family", "held_out": False, "trajectory_error": error,
+                "direction_agreement": 0.5, "area_kept": 1.0, "leakage": 0.0, "final_loss": None}
+
+    files = []
+    for seed, errors in ((0, (1.0, 3.0)), (1, (2.0, 5.0))):
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps({"rows": [row(seed, "a", errors[0]), row(seed, "b", errors[1])]}))
+        files.append(path)
+    classes_bench.main(["--merge", *map(str, files), "--out", str(tmp_path / "merged")])
+    table = json.loads((tmp_path / "merged" / "results.json").read_text())["table"]["all"]
+    assert list(table) == ["a", "b"] and table["a"]["pairs"] == 2
+    assert table["a"]["trajectory_error"] == 1.5 and table["b"]["trajectory_error_per_seed"] == [3.0, 5.0]
+    with pytest.raises(SystemExit, match="already in an earlier file"):
+        classes_bench.main(["--merge", str(files[0]), str(files[0]), "--out", str(tmp_path / "twice")])
+
+
 def test_context_probe_tells_a_model_that_reads_its_context_from_one_that_cannot(tmp_path):
     """bench.context_probe (issue #28) on the bundled motion-token model, which reads its context, and on a copy
     whose cross-attention values are zeroed, which cannot: swapping contexts must cost the first and not the second."""
