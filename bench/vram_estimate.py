@@ -1,12 +1,18 @@
-"""VRAM planning table for full-size SVD / SVD-XT, from the pack's own memory preflight.
+"""VRAM planning table for full-size SVD / SVD-XT and Wan, from the pack's own memory preflight.
 
     COMFYUI_ROOT=... python -m bench.vram_estimate        # ~2 min on CPU, no GPU needed
+    COMFYUI_ROOT=<a ComfyUI with Wan 2.2> python -m bench.vram_estimate --wan    # Wan2.1-I2V 14B and Wan2.2 TI2V-5B
 
 Builds the full-size SVD UNet (random weights, ComfyUI's own classes and config), measures its
 activation profile with the preflight's probe (nodes/comfy_denoiser.activation_profile: two tiny
 forwards in bf16, fitted as fixed + per-latent-pixel bytes) and prints, per setting, the activation
 memory one inversion step needs plus the bf16 weights: what the preflight compares with free VRAM.
 These are estimates; bench/step_cost.py --model svd-full measures the real peak on a GPU.
+
+--wan: the same for Wan. A full 14B model does not fit this machine's memory, so each Wan model is built at full width
+with 2 and with 3 of its blocks (bf16, random weights, ComfyUI's own classes); what one more block keeps and takes in is
+extended in a straight line to the real block count, and the weights are counted for all blocks. Attention is assumed to keep
+no score matrix for backward (the GPU's memory-efficient SDPA; the probe's tiny sizes cannot tell).
 """
 
 from __future__ import annotations
@@ -27,11 +33,90 @@ SETTINGS = (  # (model, frames, width, height)
 )
 
 
+# Wan models at full width (ComfyUI's detection configs) and the settings to plan: (name, config, blocks, VAE downscale,
+# [(frames, width, height), ...]): the workflows' inversion size, and the model's own generation size.
+WAN_COMMON = {"image_model": "wan2.1", "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
+              "cross_attn_norm": True, "eps": 1e-6}
+WAN_MODELS = (
+    ("Wan2.1-I2V 14B", "WAN21_I2V", {**WAN_COMMON, "dim": 5120, "num_heads": 40, "ffn_dim": 13824, "model_type": "i2v", "in_dim": 36,
+                                     "out_dim": 16}, 40, 8, [(33, 480, 288), (81, 832, 480)]),
+    ("Wan2.2 TI2V-5B", "WAN22_T2V", {**WAN_COMMON, "dim": 3072, "num_heads": 24, "ffn_dim": 14336, "model_type": "t2v", "in_dim": 48,
+                                     "out_dim": 48}, 30, 16, [(33, 480, 288), (121, 1280, 704)]),
+)
+PROBE_BLOCKS = 2
+
+
+def wan_profile(env: Env, supported: str, config: dict, blocks: int, probe_blocks: int = PROBE_BLOCKS) -> tuple[dict, int, int]:
+    """The activation profile of a ``blocks``-block Wan model, measured on ``probe_blocks`` and ``probe_blocks`` + 1 of its
+    blocks (at full width) and extended in a straight line; with the bf16 weight bytes of all blocks and of one block."""
+    if blocks <= probe_blocks:
+        return _measured_profile(env, supported, config, blocks)
+    small, weights, per_block = _measured_profile(env, supported, config, probe_blocks)
+    large, _, _ = _measured_profile(env, supported, config, probe_blocks + 1)
+    more = blocks - probe_blocks
+    # What the blocks keep and take in grows by the same amount per block (the first block keeps less: the line starts
+    # at the second); the largest single layer does not grow.
+    profile = {k: {part: small[k][part] + more * (large[k][part] - small[k][part]) for part in ("fixed", "per_pixel")}
+               for k in ("total", "boundary")}
+    profile["largest_layer"] = {part: max(small["largest_layer"][part], large["largest_layer"][part]) for part in ("fixed", "per_pixel")}
+    return profile, weights + more * per_block, per_block
+
+
+def _measured_profile(env: Env, supported: str, config: dict, blocks: int) -> tuple[dict, int, int]:
+    import comfy.supported_models
+
+    from reenact_core.embedding import UMT5_DIM
+
+    cd, wi = env.sub("nodes.comfy_denoiser"), env.sub("nodes.wan_inversion")
+    device = torch.device("cpu")
+    model_config = getattr(comfy.supported_models, supported)(dict(config, num_layers=blocks))
+    model_config.set_inference_dtype(torch.bfloat16, None)
+    base = model_config.get_model({})
+    dit = base.diffusion_model
+    fill_random(dit, seed=20250226)
+    cd._convert_unet(base, torch.bfloat16, device)  # as the node's private copy is set up
+    with torch.inference_mode(False):
+        probe = wi.probe_denoiser(base, device, torch.bfloat16, 5)
+        profile = cd.activation_profile(base, probe, 5, UMT5_DIM, device, channels=config["out_dim"])
+    return profile, sum(p.numel() for p in dit.parameters()) * 2, sum(p.numel() for p in dit.blocks[0].parameters()) * 2
+
+
+def wan_estimates(env: Env, models=WAN_MODELS) -> list[dict]:
+    from reenact_core.wan import latent_frames_for
+
+    cd, records = env.sub("nodes.comfy_denoiser"), []
+    for name, supported, config, blocks, downscale, settings in models:
+        profile, weights, per_block = wan_profile(env, supported, config, blocks)
+        for frames, width, height in settings:
+            # fp8 weights: half, plus the block being recomputed with its weights cast up to bf16 (checkpointing on)
+            record = {"model": name, "frames": frames, "width": width, "height": height, "weights_gib": weights / GIB,
+                      "weights_fp8_gib": (weights / 2 + per_block) / GIB}
+            for checkpointing in (True, False):
+                act = cd.activation_bytes(profile, frames, height, width, checkpointing, latent=(latent_frames_for, downscale)) / GIB
+                record["activations_ckpt_gib" if checkpointing else "activations_gib"] = act
+            records.append(record)
+    return records
+
+
+def print_wan(records: list[dict]) -> None:
+    rows = [[f"{r['model']}, {r['frames']} frames {r['width']}x{r['height']}", f"{r['activations_ckpt_gib'] + r['weights_gib']:.1f} GB",
+             f"{r['activations_ckpt_gib'] + r['weights_fp8_gib']:.1f} GB", f"{r['activations_gib'] + r['weights_gib']:.1f} GB"] for r in records]
+    print("Wan (full width, per-block costs from 2- and 3-block probes); estimate = weights + activations (+20%), 5 tokens per latent frame")
+    print(table(["setting", "checkpointing, bf16 weights", "checkpointing, fp8 weights", "no checkpointing, bf16"], rows))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    parser.add_argument("--wan", action="store_true", help="the Wan models instead of SVD")
     args = parser.parse_args(argv)
     env = Env("cpu")
+    if args.wan:
+        records = wan_estimates(env)
+        print_wan(records)
+        result = dict(header("vram_estimate", env, "wan-full-width"), settings=records)
+        save(result, args.out)
+        return result
     nodes = env.sub("nodes.comfy_denoiser")
     base = build_full_svd(torch.bfloat16)
     fill_random(base.diffusion_model, seed=20240301)

@@ -214,14 +214,17 @@ def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
         # weight to the compute dtype as it runs, as ComfyUI does when it samples with them. Autograd keeps those casts
         # for the backward pass, so it is gradient checkpointing that keeps only one block's at a time.
         unet.to(device=device)
-        for module in unet.modules():
-            if hasattr(module, "comfy_cast_weights"):
-                module.comfy_cast_weights = True
         base.manual_cast_dtype = dtype  # apply_model casts its inputs to this
     else:
         unet.to(device=device, dtype=dtype)
         unet.dtype = dtype  # apply_model casts its inputs to this
         base.manual_cast_dtype = None
+    # Every ComfyUI layer casts its weight to the dtype of its input (a no-op where they match): some models feed a layer
+    # another dtype on purpose (Wan builds its patch embedding in fp32 and feeds it fp32), which a copy cast whole to
+    # bf16 would break.
+    for module in unet.modules():
+        if hasattr(module, "comfy_cast_weights"):
+            module.comfy_cast_weights = True
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)

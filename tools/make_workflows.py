@@ -435,10 +435,10 @@ WAN_NEGATIVE = (
     "画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 WAN_POSITIVE = "a blue box sliding across a warm tiled floor"
-# The inversion on Wan: 33 frames (9 latent frames) at 480x288 keep a step of the 14B model at a few seconds on a
-# 80 GB GPU; the tokens do not depend on the size, and the motion applies at 832x480. Not yet tuned on real Wan
-# weights (no GPU with them has run here): 500 steps at 0.1 (lower than SVD's 0.3: umT5 states are smaller than
-# CLIP image embeddings) is where to start.
+# The inversion on Wan: 33 frames (9 latent frames) at 480x288 keep the 14B model's inversion at ~34 GB (fp8 weights
+# ~19 GB; bench/vram_estimate --wan); the tokens do not depend on the size, and the motion applies at 832x480. Not
+# tuned on real Wan weights (no GPU with them has run here): 500 steps at 0.1, a third of SVD's rate, is a guess to
+# start from, and the workflows' note says so.
 WAN_INVERSION = {"steps": 500, "learning_rate": 0.1, "video_frames": 33, "width": 480, "height": 288, "fps": 0}
 WAN_FPS = 16
 
@@ -510,7 +510,7 @@ Motion Textual Inversion learns umT5 tokens for each of the clip's latent frames
 - Apply Motion Embedding: connect the model and sample with its model output. There the motion takes the place of the positive prompt in every block; the negative prompt stays.
 - The info output says at which fps to save for the learned speed."""
 
-WAN21_MEMORY_NOTE = """Wan2.1-I2V is a 14B model: its fp16 weights alone are 28 GB. Load Diffusion Model's weight_dtype fp8_e4m3fn halves that, and the inversion keeps them fp8 (with gradient_checkpointing on, only one block's weights are cast up at a time). Before its first step the node checks the free VRAM and says what to lower."""
+WAN21_MEMORY_NOTE = """Wan2.1-I2V is a 14B model (33 GB of fp16 weights): learning at this size needs about 34 GB of VRAM. Load Diffusion Model's weight_dtype fp8_e4m3fn brings it to about 19 GB (estimates: README, VRAM and time). Before its first step the node checks the free VRAM and says what to lower."""
 
 
 def workflow_wan21_i2v(g: Graph) -> None:
