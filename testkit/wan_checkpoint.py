@@ -213,9 +213,11 @@ def _wan21_vae_state_dict(seed: int, dim: int) -> dict:
     import comfy.ldm.wan.vae
     import comfy.sd
 
-    # comfy.sd.VAE picks the Wan2.1 VAE from these two keys (middle block: 4 x dim channels, ComfyUI's
-    # dim_mult [1, 2, 4, 4]) and reads its width from the head, exactly as when it loads a real file.
-    probe = {"decoder.middle.0.residual.0.gamma": torch.ones(4 * dim, 1, 1, 1), "decoder.head.0.gamma": torch.ones(dim, 1, 1, 1)}
+    # comfy.sd.VAE picks the Wan2.1 VAE from these keys (middle block: 4 x dim channels, ComfyUI's dim_mult
+    # [1, 2, 4, 4]) and reads its width from the head, exactly as when it loads a real file; ComfyUI since 2026 also
+    # reads the image channels from the first and last convolutions (3 each; older ones ignore those keys).
+    probe = {"decoder.middle.0.residual.0.gamma": torch.ones(4 * dim, 1, 1, 1), "decoder.head.0.gamma": torch.ones(dim, 1, 1, 1),
+             "encoder.conv1.weight": torch.ones(dim, 3, 3, 3, 3), "decoder.head.2.weight": torch.ones(3, dim, 3, 3, 3)}
     with quiet():
         vae = comfy.sd.VAE(sd=probe)
     ae = vae.first_stage_model.float()
