@@ -169,6 +169,7 @@ def _step(self, *args, **kwargs):
 
 torch.optim.AdamW.step = _step
 
+
 class ReenactTestUMT5Encode:
     CATEGORY = "_reenact_test"
     DESCRIPTION = "Test only: umT5-shaped conditioning [1, 512, 4096] for a text, in place of CLIPLoader (wan) + CLIPTextEncode."
