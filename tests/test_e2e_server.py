@@ -107,10 +107,10 @@ def load_workflow(name_or_path) -> dict:
     return json.loads(path.read_text())
 
 
-def scaled_prompt(object_info: dict, workflow: str | Path) -> dict:
-    """The shipped workflow as an API prompt for CPU; file prefixes get a unique tag so that every run
-    writes new files (and no output node is answered from ComfyUI's cache)."""
-    prompt = apply_overrides(ui_to_api(load_workflow(workflow), object_info), overrides_for, object_info)
+def scaled_prompt(object_info: dict, workflow: str | Path, overrides=overrides_for) -> dict:
+    """The shipped workflow as an API prompt for CPU (``overrides``: testkit.cpu_scale's, per node type); file prefixes
+    get a unique tag so that every run writes new files (and no output node is answered from ComfyUI's cache)."""
+    prompt = apply_overrides(ui_to_api(load_workflow(workflow), object_info), overrides, object_info)
     tag = uuid.uuid4().hex[:8]
     for entry in prompt.values():
         if "filename_prefix" in entry["inputs"]:

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TEST_NODES, comfyui_root, has_wan22, wan_model_folders
-from test_e2e_server import assert_success, check_loss_curve, decode_frames, nodes_of, saved_embeddings
+from test_e2e_server import assert_success, check_loss_curve, decode_frames, nodes_of, saved_embeddings, scaled_prompt
 
 from reenact_core.fileformat import load_embedding
 from testkit.comfy_server import ComfyServer
 from testkit.cpu_scale import SIZE, WAN_FRAMES, wan_overrides_for
 from tools import make_workflows
-from tools.workflow_convert import apply_overrides, ui_to_api
 
 REPO = Path(__file__).resolve().parent.parent
 WAN_WORKFLOWS = [REPO / "workflows" / name for name in sorted(make_workflows.WAN_WORKFLOWS)]
@@ -88,12 +86,10 @@ def with_stubs(prompt: dict) -> dict:
     return out
 
 
-def scaled_prompt(object_info: dict, path: Path, **widgets) -> dict:
-    prompt = apply_overrides(ui_to_api(json.loads(path.read_text()), object_info), wan_overrides_for, object_info)
-    tag = uuid.uuid4().hex[:8]
+def wan_prompt(object_info: dict, path: Path, **widgets) -> dict:
+    """test_e2e_server's scaled prompt with the Wan scaling, ``widgets`` (per node type) set, and the stubs in place."""
+    prompt = scaled_prompt(object_info, path, overrides=wan_overrides_for)
     for entry in prompt.values():
-        if "filename_prefix" in entry["inputs"]:
-            entry["inputs"]["filename_prefix"] = f"{entry['inputs']['filename_prefix']}_{tag}"
         entry["inputs"].update(widgets.get(entry["class_type"], {}))
     return with_stubs(prompt)
 
@@ -132,7 +128,7 @@ def test_wan_workflow_lists_its_models_where_the_frontend_looks(server, path):
 def test_wan_workflow_runs_end_to_end(server, object_info, path):
     """The workflow learns a motion on Wan and applies it: a Wan embedding in umT5 space over the latent frames, the
     loss curve, and a video of the sampled frames."""
-    prompt = scaled_prompt(object_info, path)
+    prompt = wan_prompt(object_info, path)
     entry = run_without_network(server, prompt)
     outputs = entry["outputs"]
     (save,) = nodes_of(prompt, "SaveMotionEmbedding")
@@ -157,6 +153,6 @@ def test_the_motion_reaches_the_sampler(server, object_info, path):
     give another video than at strength 1. The inversion is not run again (ComfyUI caches it: same inputs)."""
     videos = {}
     for strength in (0.0, 1.0):
-        prompt = scaled_prompt(object_info, path, ApplyMotionEmbedding={"strength": strength})
+        prompt = wan_prompt(object_info, path, ApplyMotionEmbedding={"strength": strength})
         videos[strength] = np.stack(video_of(server, prompt, run_without_network(server, prompt))).astype(float)
     assert np.abs(videos[1.0] - videos[0.0]).mean() > 0.5, "the motion does not change the video"

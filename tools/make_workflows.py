@@ -228,16 +228,20 @@ def checkpoint(g: Graph, name=SVD):
     return g.add("ImageOnlyCheckpointLoader", ORIGIN, ckpt_name=name)
 
 
-def inversion(g: Graph, ckpt: dict, video_frames: int = 14, reference_file: str = REFERENCE, **settings) -> tuple[dict, dict]:
+def inversion(g: Graph, model: dict, vae: dict, clip_vision: dict | None, video_frames: int = 14, reference_file: str = REFERENCE,
+              **settings) -> tuple[dict, dict]:
+    """Load Motion Reference into Motion Textual Inversion, fed from the nodes that give MODEL, VAE and CLIP_VISION (one
+    checkpoint loader for SVD; separate loaders for Wan, where only Wan2.1-I2V takes CLIP vision)."""
     reference = g.add("LoadMotionReference", ORIGIN, video=reference_file)
     widgets = dict(
         steps=InversionConfig.steps, learning_rate=InversionConfig.learning_rate, tokens_per_frame=5, video_frames=video_frames, width=512, height=288, seed=0, fps=0,
         motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True,
     )
     invert = g.add("MotionTextualInversion", ORIGIN, **dict(widgets, **settings))
-    g.connect(ckpt, "MODEL", invert, "model")
-    g.connect(ckpt, "VAE", invert, "vae")
-    g.connect(ckpt, "CLIP_VISION", invert, "clip_vision")
+    g.connect(model, "MODEL", invert, "model")
+    g.connect(vae, "VAE", invert, "vae")
+    if clip_vision is not None:
+        g.connect(clip_vision, "CLIP_VISION", invert, "clip_vision")
     g.connect(reference, "motion_reference", invert, "motion_reference")
     return reference, invert
 
@@ -314,7 +318,7 @@ Learn a motion from your clip with workflow 1 (reenact_1_invert_motion): Save Mo
 
 def workflow_invert(g: Graph) -> None:
     ckpt = checkpoint(g)
-    reference, invert = inversion(g, ckpt)
+    reference, invert = inversion(g, ckpt, ckpt, ckpt)
     save, preview = outputs_of_inversion(g, invert)
     note = g.note(INVERT_NOTE, (400, SIZES["MotionTextualInversion"][1]))
     ref = g.group("Reference", GROUP_COLORS["reference"], [[ckpt, reference]], 0, 0)
@@ -342,7 +346,7 @@ def workflow_apply(g: Graph) -> None:
 
 def workflow_invert_and_apply(g: Graph) -> None:
     ckpt = checkpoint(g)
-    reference, invert = inversion(g, ckpt)
+    reference, invert = inversion(g, ckpt, ckpt, ckpt)
     save, preview = outputs_of_inversion(g, invert)
     first = generation(g, ckpt, (invert, "motion_embedding"), TARGETS[0], prefix="reenact/target_1", seed=0)
     second = generation(g, ckpt, (invert, "motion_embedding"), TARGETS[1], prefix="reenact/target_2", seed=1)
@@ -387,7 +391,7 @@ Swap Load Motion World for Image Only Checkpoint Loader + svd.safetensors (and S
 def workflow_motion_world(g: Graph) -> None:
     loader = g.add("MotionWorldLoader", ORIGIN, model_name="motion_world.safetensors")
     reference, invert = inversion(
-        g, loader, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
+        g, loader, loader, loader, video_frames=8, reference_file="reenact_motion_world_reference.mp4", steps=MOTION_WORLD_STEPS,
         learning_rate=MOTION_WORLD_LR, width=64, height=64, gradient_checkpointing=False, fps=MOTION_WORLD_FPS,
     )
     options = g.add("MotionInversionOptions", ORIGIN, **MOTION_WORLD_OPTIONS)
@@ -453,19 +457,6 @@ def wan_loader(g: Graph, class_type: str, file_name: str, **widgets) -> dict:
     return node
 
 
-def wan_inversion(g: Graph, model: dict, vae: dict, clip_vision: dict | None) -> tuple[dict, dict]:
-    reference = g.add("LoadMotionReference", ORIGIN, video=WAN_REFERENCE)
-    widgets = dict(WAN_INVERSION, tokens_per_frame=5, seed=0, motion_bucket_id=127, augmentation_level=0.0, precision="auto",
-                   gradient_checkpointing=True)
-    invert = g.add("MotionTextualInversion", ORIGIN, **widgets)
-    g.connect(model, "MODEL", invert, "model")
-    g.connect(vae, "VAE", invert, "vae")
-    if clip_vision is not None:
-        g.connect(clip_vision, "CLIP_VISION", invert, "clip_vision")
-    g.connect(reference, "motion_reference", invert, "motion_reference")
-    return reference, invert
-
-
 def wan_prompts(g: Graph, clip: dict) -> tuple[dict, dict]:
     positive = g.add("CLIPTextEncode", ORIGIN, title="Prompt (replaced by the motion)", text=WAN_POSITIVE)
     negative = g.add("CLIPTextEncode", ORIGIN, title="Negative prompt", text=WAN_NEGATIVE)
@@ -518,7 +509,7 @@ def workflow_wan21_i2v(g: Graph) -> None:
     clip = wan_loader(g, "CLIPLoader", UMT5, type="wan")
     vae = wan_loader(g, "VAELoader", WAN21_VAE)
     clip_vision = wan_loader(g, "CLIPVisionLoader", "clip_vision_h.safetensors")
-    reference, invert = wan_inversion(g, unet, vae, clip_vision)
+    reference, invert = inversion(g, unet, vae, clip_vision, reference_file=WAN_REFERENCE, **WAN_INVERSION)
     save_motion, preview = outputs_of_inversion(g, invert, "wan21/motion")
     image = g.add("LoadImage", ORIGIN, image=TARGETS[0])
     encode = g.add("CLIPVisionEncode", ORIGIN, crop="none")
@@ -543,7 +534,7 @@ def workflow_wan22_ti2v(g: Graph) -> None:
     unet = wan_loader(g, "UNETLoader", "wan2.2_ti2v_5B_fp16.safetensors", weight_dtype="default")
     clip = wan_loader(g, "CLIPLoader", UMT5, type="wan")
     vae = wan_loader(g, "VAELoader", "wan2.2_vae.safetensors")
-    reference, invert = wan_inversion(g, unet, vae, None)
+    reference, invert = inversion(g, unet, vae, None, reference_file=WAN_REFERENCE, **WAN_INVERSION)
     save_motion, preview = outputs_of_inversion(g, invert, "wan22_ti2v/motion")
     image = g.add("LoadImage", ORIGIN, image=TARGETS[0])
     positive, negative = wan_prompts(g, clip)
