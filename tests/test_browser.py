@@ -434,6 +434,11 @@ class Console:
     def errors(self) -> list[dict]:
         return [m for m in self.messages if m["type"] == "error" and self.harmless(m) is None]
 
+    def assert_quiet(self) -> None:
+        """No uncaught error in the page, and no console error that is not known to be harmless."""
+        assert not self.page_errors, "uncaught errors in the page:\n" + "\n\n".join(self.page_errors)
+        assert not self.errors(), "console errors:\n" + json.dumps(self.errors(), indent=2)
+
     def report(self) -> list[dict]:
         return [dict(m, harmless=self.harmless(m)) if m["type"] == "error" else m for m in self.messages]
 
@@ -460,8 +465,7 @@ def test_workflow_runs_in_the_browser(server, browser, artifacts_root, upload_fi
     for message in console.report():
         if message["type"] == "error":
             print(f"console error ({message['harmless'] or 'NOT KNOWN'}): {message['text']} [{message['url']}]")
-    assert not console.page_errors, "uncaught errors in the page:\n" + "\n\n".join(console.page_errors)
-    assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
+    console.assert_quiet()
 
 
 def _skip_wan_without_wan(server, workflow_path) -> None:
@@ -487,8 +491,7 @@ def test_wan_workflow_loads_in_the_browser(server, browser, artifacts_root, work
         context.close()
     converted = ui_to_api(workflow, server.get("/object_info"))
     assert {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()} == {k: (v["class_type"], v["inputs"]) for k, v in converted.items()}
-    assert not console.page_errors, "uncaught errors in the page:\n" + "\n\n".join(console.page_errors)
-    assert not console.errors(), "console errors:\n" + json.dumps(console.errors(), indent=2)
+    console.assert_quiet()
 
 
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=lambda p: p.stem)
