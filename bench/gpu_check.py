@@ -24,7 +24,9 @@ random-weight SVD checkpoint (fp16, built once, loaded by the stock ImageOnlyChe
   (PyTorch SDPA, sage, flash, xformers, comfy-kitchen int8).
 * **wan** (issue #29, where the ComfyUI has Wan 2.2): Motion Textual Inversion on a full-size random-weight
   Wan2.2 TI2V-5B built in memory, 121 frames at 1280x704, bf16, checkpointing: s/step, peak VRAM, minutes per
-  motion at the node's default steps (the 14B models are not measured: they need fp8 training, not built yet).
+  motion at the node's default steps; then with half its blocks kept in RAM (block swap), side by side: the time ratio,
+  peak VRAM, and whether both start from the same loss. (The 14B models are not built here: only their estimate is,
+  bench/vram_estimate --wan.)
 
 The first ComfyUI also measures: ``bench.step_cost`` (bf16, checkpointing off and on: s/step, one UNet
 forward, their ratio, peak VRAM, minutes per motion at the node's default steps) at 14 and 25 frames x
@@ -472,25 +474,46 @@ def _wan(env, settings: dict) -> dict:
     """Motion Textual Inversion on Wan2.2 TI2V-5B with random weights (full size on the GPU, in memory: no file),
     121 frames at 1280x704 (its 720p), bf16, gradient checkpointing, through the node; the encoder is
     testkit's stand-in Wan2.2 VAE (the real one is 1.4 GB of weights nobody can download here, and only encodes).
-    Reports s/step (steps after the first), peak VRAM and minutes per motion at the node's default steps."""
+    Reports s/step (steps after the first), peak VRAM and minutes per motion at the node's default steps; then the same
+    with half the blocks kept in RAM (block swap: side-stream copies, pinned memory), side by side, and whether both
+    start from the same loss (the swapped blocks compute what the resident ones do)."""
     import comfy.sd
     import comfy.supported_models
-    import comfy.utils
     import torch
 
     from reenact_core.inversion import InversionConfig
-    from testkit.wan_checkpoint import WAN22_TI2V_CONFIG, WAN22_TI2V_SEED, StandInWan22VAE, _dit_state_dict
+    from testkit.wan_checkpoint import WAN22_TI2V_CONFIG, WAN22_TI2V_SEED, _dit_state_dict
 
     if not hasattr(comfy.supported_models, "WAN22_T2V"):
         return {"skipped": "this ComfyUI has no Wan 2.2 (needs >= 0.3.46)"}
     wan = WAN_SETTINGS["gpu" if settings["full"] else "cpu"]
+    config = WAN22_TI2V_5B if settings["full"] else WAN22_TI2V_CONFIG
     with torch.inference_mode():
-        state_dict = _dit_state_dict("WAN22_T2V", WAN22_TI2V_5B if settings["full"] else WAN22_TI2V_CONFIG, WAN22_TI2V_SEED)
+        state_dict = _dit_state_dict("WAN22_T2V", config, WAN22_TI2V_SEED)
         model = comfy.sd.load_diffusion_model_state_dict(state_dict)
     del state_dict
     frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
     reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
                                  custom_width=0, custom_height=0, images=frames)
+    resident = _wan_inversion(env, model, reference, wan, blocks_to_swap=0)
+    swapped = _wan_inversion(env, model, reference, wan, blocks_to_swap=config["num_layers"] // 2)
+    return {
+        "model": "Wan2.2 TI2V-5B, random weights" if settings["full"] else "tiny TI2V-shaped test model",
+        "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "latent_frames": resident["latent_frames"],
+        "base_model": resident["base_model"], "seconds_per_step": resident["seconds_per_step"],
+        "minutes_per_motion": resident["seconds_per_step"] * InversionConfig.steps / 60, "default_steps": InversionConfig.steps,
+        "peak_vram_gb": resident["peak_vram_gb"], "embedding_finite": resident["embedding_finite"] and swapped["embedding_finite"],
+        "block_swap": dict(swapped, blocks=config["num_layers"], time_ratio=swapped["seconds_per_step"] / resident["seconds_per_step"],
+                           same_initial_loss=abs(swapped["initial_loss"] - resident["initial_loss"]) <= 0.01 * abs(resident["initial_loss"])),
+    }
+
+
+def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int) -> dict:
+    import comfy.utils
+    import torch
+
+    from testkit.wan_checkpoint import StandInWan22VAE
+
     # Per-step time from the node's own progress updates (after its first step): loading, the private copy and the
     # preflight stay out of it, and it cannot come out negative as a difference of two runs' times can on a busy CPU.
     stamps: list[float] = []
@@ -503,25 +526,30 @@ def _wan(env, settings: dict) -> dict:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    options = env.run("MotionInversionOptions", **_option_defaults(env), blocks_to_swap=blocks_to_swap)[0]
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        embedding = env.run("MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
-                            learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"],
-                            seed=0, fps=0, motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True)[0]
+        embedding, _, report = env.run(
+            "MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
+            learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"], seed=0, fps=0,
+            motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True, options=options)
     finally:
         comfy.utils.set_progress_bar_global_hook(previous_hook)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     step_ends = stamps[-(1 + wan["steps"]):]  # one update per step, the last ones (nothing else reports progress here)
-    seconds_per_step = (step_ends[-1] - step_ends[0]) / wan["steps"]
     return {
-        "model": "Wan2.2 TI2V-5B, random weights" if settings["full"] else "tiny TI2V-shaped test model",
-        "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "latent_frames": int(embedding.metadata["latent_frames"]),
-        "base_model": embedding.metadata["base_model"], "seconds_per_step": seconds_per_step,
-        "minutes_per_motion": seconds_per_step * InversionConfig.steps / 60, "default_steps": InversionConfig.steps,
+        "blocks_to_swap": blocks_to_swap, "seconds_per_step": (step_ends[-1] - step_ends[0]) / wan["steps"],
+        "latent_frames": int(embedding.metadata["latent_frames"]), "base_model": embedding.metadata["base_model"],
+        "initial_loss": float(embedding.metadata["initial_loss"]),
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        "embedding_finite": bool(torch.isfinite(embedding.spatial).all()),
+        "embedding_finite": bool(torch.isfinite(embedding.spatial).all()), "report_says": "Block swap" in report,
     }
+
+
+def _option_defaults(env) -> dict:
+    spec = env.comfy.nodes.NODE_CLASS_MAPPINGS["MotionInversionOptions"].INPUT_TYPES()
+    return {name: s[1]["default"] for group in ("required", "optional") for name, s in spec.get(group, {}).items() if name != "blocks_to_swap"}
 
 
 def _step_cost(args, settings: dict) -> dict:
@@ -566,12 +594,16 @@ def verdicts(result: dict) -> list[dict]:
             elif check == "attention":
                 value = "; ".join(f"{k} {v}" for k, v in outcome["backends"].items()) + f" (trained through {outcome['trained_through']})"
             elif check == "wan":
+                swap = outcome.get("block_swap") or {}
                 value = outcome.get("skipped") or (
                     f"{outcome['model']}, {outcome['frames']}x{outcome['size']}: {outcome['seconds_per_step']:.2f} s/step, "
-                    f"{outcome['minutes_per_motion']:.1f} min per motion at {outcome['default_steps']} steps, peak VRAM {_fmt(outcome['peak_vram_gb'], ' GB')}")
+                    f"{outcome['minutes_per_motion']:.1f} min per motion at {outcome['default_steps']} steps, peak VRAM {_fmt(outcome['peak_vram_gb'], ' GB')}; "
+                    f"{swap.get('blocks_to_swap')} of {swap.get('blocks')} blocks in RAM: {swap.get('time_ratio', float('nan')):.2f}x the time, "
+                    f"peak VRAM {_fmt(swap.get('peak_vram_gb'), ' GB')}, same first loss: {swap.get('same_initial_loss')}")
             else:
                 value = f"invert {outcome['inversion_seconds']:.1f} s ({outcome['inversion_steps']} steps), apply + sample, stock prompt: ok"
-            rows.append(dict(check=f"{label}: {check}", value=str(value), ok=outcome["ok"]))
+            same_start = (outcome.get("block_swap") or {}).get("same_initial_loss", True)  # block swap computes what resident blocks do
+            rows.append(dict(check=f"{label}: {check}", value=str(value), ok=outcome["ok"] and same_start))
     first = next(iter(result["comfyui"].values()), {})
     checks = first.get("checks", {})
     gpu = result["kind"] == "gpu"

@@ -12,7 +12,8 @@ These are estimates; bench/step_cost.py --model svd-full measures the real peak 
 --wan: the same for Wan. A full 14B model does not fit this machine's memory, so each Wan model is built at full width
 with 2 and with 3 of its blocks (bf16, random weights, ComfyUI's own classes); what one more block keeps and takes in is
 extended in a straight line to the real block count, and the weights are counted for all blocks. Attention is assumed to keep
-no score matrix for backward (the GPU's memory-efficient SDPA; the probe's tiny sizes cannot tell).
+no score matrix for backward (the GPU's memory-efficient SDPA; the probe's tiny sizes cannot tell). With block swap: the
+least VRAM (every block in RAM) and, for a 24 GB card, how many blocks the automatic setting keeps in RAM (block_swap()).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def _measured_profile(env: Env, supported: str, config: dict, blocks: int) -> tu
     return profile, sum(p.numel() for p in dit.parameters()) * 2, sum(p.numel() for p in dit.blocks[0].parameters()) * 2
 
 
+# Block swap on a 24 GB card: what ComfyUI reports free there with nothing else loaded (the driver, the desktop and
+# ComfyUI's own reserve take the rest). An assumption for the table, not a measurement.
+CARD_24GB_FREE_GIB = 21.0
+
+
 def wan_estimates(env: Env, models=WAN_MODELS) -> list[dict]:
     from reenact_core.wan import latent_frames_for
 
@@ -90,19 +96,40 @@ def wan_estimates(env: Env, models=WAN_MODELS) -> list[dict]:
         for frames, width, height in settings:
             # fp8 weights: half, plus the block being recomputed with its weights cast up to bf16 (checkpointing on)
             record = {"model": name, "frames": frames, "width": width, "height": height, "weights_gib": weights / GIB,
-                      "weights_fp8_gib": (weights / 2 + per_block) / GIB}
+                      "weights_fp8_gib": (weights / 2 + per_block) / GIB, "blocks": blocks, "per_block_gib": per_block / GIB}
             for checkpointing in (True, False):
                 act = cd.activation_bytes(profile, frames, height, width, checkpointing, latent=(latent_frames_for, downscale)) / GIB
                 record["activations_ckpt_gib" if checkpointing else "activations_gib"] = act
+            record.update(block_swap(record))
             records.append(record)
     return records
 
 
+def block_swap(record: dict) -> dict:
+    """What block swap (reenact_core.block_swap) changes, with checkpointing: the least VRAM (every block in RAM, two in
+    flight; fp8: two fp8 copies and one block cast up to bf16), and on a 24 GB card how many blocks the automatic
+    setting keeps in RAM with bf16 weights and the GB each step then copies to the GPU (each swapped block twice)."""
+    blocks, block, act = record["blocks"], record["per_block_gib"], record["activations_ckpt_gib"]
+    other = record["weights_gib"] - blocks * block
+    swapped = next((k for k in range(blocks + 1) if record["weights_gib"] - k * block + (2 * block if k else 0) + act <= CARD_24GB_FREE_GIB), None)
+    return {
+        "least_vram_swap_all_gib": other + 2 * block + act,
+        "least_vram_swap_all_fp8_gib": other / 2 + 2 * block / 2 + block + act,
+        "ram_swap_all_gib": blocks * block,
+        "card_24gb_blocks_in_ram": swapped,
+        "card_24gb_copied_per_step_gib": None if swapped is None else 2 * swapped * block,
+    }
+
+
 def print_wan(records: list[dict]) -> None:
     rows = [[f"{r['model']}, {r['frames']} frames {r['width']}x{r['height']}", f"{r['activations_ckpt_gib'] + r['weights_gib']:.1f} GB",
-             f"{r['activations_ckpt_gib'] + r['weights_fp8_gib']:.1f} GB", f"{r['activations_gib'] + r['weights_gib']:.1f} GB"] for r in records]
+             f"{r['activations_ckpt_gib'] + r['weights_fp8_gib']:.1f} GB", f"{r['activations_gib'] + r['weights_gib']:.1f} GB",
+             f"{r['least_vram_swap_all_gib']:.1f} / {r['least_vram_swap_all_fp8_gib']:.1f} GB",
+             "does not fit" if r["card_24gb_blocks_in_ram"] is None else
+             f"{r['card_24gb_blocks_in_ram']} of {r['blocks']}, {r['card_24gb_copied_per_step_gib']:.0f} GB copied/step"] for r in records]
     print("Wan (full width, per-block costs from 2- and 3-block probes); estimate = weights + activations (+20%), 5 tokens per latent frame")
-    print(table(["setting", "checkpointing, bf16 weights", "checkpointing, fp8 weights", "no checkpointing, bf16"], rows))
+    print(table(["setting", "checkpointing, bf16 weights", "checkpointing, fp8 weights", "no checkpointing, bf16",
+                 "all blocks in RAM, bf16 / fp8", f"bf16 on a 24 GB card ({CARD_24GB_FREE_GIB:g} GB free): blocks in RAM"], rows))
 
 
 def main(argv=None) -> dict:

@@ -10,16 +10,21 @@ away afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
+import weakref
 
 import comfy.model_base
 import torch
 import torch.utils.checkpoint
 
+from ..reenact_core.block_swap import BlockSwap
 from . import private_model
 
 log = logging.getLogger("reenact_anything")
+
+AUTOMATIC_BLOCK_SWAP = -1  # blocks_to_swap: as many as the card needs
 
 
 class NotAnSVDModel(ValueError):
@@ -92,20 +97,134 @@ class ComfySVDDenoiser:
 
 
 @contextlib.contextmanager
-def trainable_model(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None):
+def trainable_model(model_patcher, dtype: torch.dtype, gradient_checkpointing: bool, memory_required: int = 0, preflight=None,
+                    blocks_to_swap: int = 0, notes: list[str] | None = None):
     """Yield ``(base_model, device)``: a private, frozen copy of the SVD (or Wan) model, loaded for training, with
     attention that backpropagates. Call it under inference mode (a node); the block runs outside it.
-    ``preflight(base, device)`` runs on the loaded copy before the loop (before checkpointing wraps it)."""
+
+    ``preflight(base, device)`` runs on the loaded copy before the loop (before checkpointing wraps it) and returns a
+    :class:`MemoryNeed` (or None where it does not apply): the activations are checked against free VRAM then.
+    ``blocks_to_swap``: how many of the model's last blocks stay in RAM (reenact_core.block_swap); -1 = as many as this
+    card needs, 0 = none. Lines for the node's report go to ``notes``."""
     device = model_patcher.load_device
-    with private_model.private_copy(model_patcher, memory_required) as base:
-        _convert_unet(base, dtype, device)
+    notes = notes if notes is not None else []
+    unet = model_patcher.model.diffusion_model
+    sizes = [_bytes_as_run(unit, dtype, stored_in_fp8(unet)) for unit in checkpoint_units(unet)]
+    on_host = _blocks_for_weights(_bytes_as_run(unet, dtype, stored_in_fp8(unet)), sizes, device, blocks_to_swap)
+    with private_model.private_copy(model_patcher, memory_required, on_host=on_host > 0) as base:
+        units = checkpoint_units(base.diffusion_model)
+        swapped = range(len(units) - on_host, len(units))
+        _convert_unet(base, dtype, device, host_units=[units[i] for i in swapped])
         _protect_saved_norm_inputs(base.diffusion_model)
-        with private_model.differentiable_attention():
-            if preflight is not None:
-                preflight(base, device)
-            if gradient_checkpointing:
-                _checkpoint_blocks(base.diffusion_model)
-            yield base, device
+        swap = BlockSwap(units, swapped, device).install()
+        try:
+            with private_model.differentiable_attention():
+                need = preflight(base, device) if preflight is not None else None
+                if need is not None:
+                    _fit_memory(need, swap, sizes, gradient_checkpointing, blocks_to_swap < 0, device)
+                if swap.swapped:
+                    notes.append(_swap_note(swap, sizes, automatic=blocks_to_swap < 0, checkpointing_was_off=not gradient_checkpointing))
+                if gradient_checkpointing or swap.swapped:  # block swap saves nothing without it (reenact_core.block_swap)
+                    _checkpoint_blocks(base.diffusion_model)
+                yield base, device
+        finally:
+            swap.remove()
+
+
+@dataclasses.dataclass
+class MemoryNeed:
+    """What the preflight measured (the activation profile of this model) and the size the inversion runs at."""
+
+    profile: dict
+    frames: int
+    height: int
+    width: int
+    latent: tuple | None = None  # see activation_bytes
+
+    def activations(self, checkpointing: bool) -> int:
+        return activation_bytes(self.profile, self.frames, self.height, self.width, checkpointing, self.latent)
+
+    def check(self, free_bytes: int, checkpointing: bool, extra_bytes: int = 0, swap_advice: str | None = None) -> None:
+        """Raise :class:`NotEnoughMemory` with what to change if the activations (+ ``extra_bytes``: block swap's blocks in
+        flight) do not fit in ``free_bytes``; ``swap_advice``: how block swap would make it fit, if it would."""
+        needed = self.activations(checkpointing) + extra_bytes
+        if needed <= free_bytes:
+            return
+        frames, height, width = self.frames, self.height, self.width
+
+        def at(frames=frames, height=height, width=width, checkpointing=checkpointing) -> str:
+            return f"~{activation_bytes(self.profile, frames, height, width, checkpointing, self.latent) / GIB:.1f} GB"
+
+        options = [swap_advice] if swap_advice else []
+        if not checkpointing:
+            options.append(f"turn on gradient_checkpointing ({at(checkpointing=True)})")
+        options.append(f"halve width and height to {width // 2}x{height // 2} ({at(height=height // 2, width=width // 2)}; it still applies "
+                       "at any size, somewhat less faithfully)")
+        if frames > 8:
+            options.append(f"lower video_frames ({at(frames=frames // 2)} at {frames // 2})")
+        raise NotEnoughMemory(
+            f"Motion inversion at {frames} frames x {width}x{height} needs about {needed / GIB:.1f} GB of free VRAM for activations, "
+            f"but {free_bytes / GIB:.1f} GB are free after loading the model. To fit: " + "; or ".join(options) + "."
+        )
+
+
+def _bytes_as_run(module: torch.nn.Module, dtype: torch.dtype, keeps_stored_dtype: bool) -> int:
+    """Weight bytes of ``module`` in the private copy: cast to the compute dtype, or as stored (fp8 models)."""
+    size = dtype.itemsize if hasattr(dtype, "itemsize") else torch.finfo(dtype).bits // 8
+    return sum(t.numel() * (size if t.is_floating_point() and not keeps_stored_dtype else t.element_size())
+               for t in list(module.parameters()) + list(module.buffers()))
+
+
+def _in_flight(sizes: list[int], swapped: int) -> int:
+    """VRAM block swap needs besides activations: the running block's copy and the next one's (counted twice if the
+    probe already counted the running one: a block's worth of margin)."""
+    return 2 * max(sizes) if swapped and sizes else 0
+
+
+def _blocks_for_weights(weight_bytes: int, sizes: list[int], device: torch.device, blocks_to_swap: int) -> int:
+    """How many of the last blocks stay in RAM from the start: the user's number, else (auto) as many as it takes for the
+    rest of the weights to fit in the VRAM free once shared models are evicted. The activations are checked after."""
+    if blocks_to_swap >= 0:
+        return min(blocks_to_swap, len(sizes))
+    if device.type == "cpu" or not sizes:
+        return 0
+    free = private_model.make_room(device, weight_bytes) - private_model.reserved_vram()
+    count = 0
+    while count < len(sizes) and weight_bytes - sum(sizes[len(sizes) - count:]) + _in_flight(sizes, count) > free:
+        count += 1
+    return count
+
+
+def _fit_memory(need: MemoryNeed, swap: BlockSwap, sizes: list[int], checkpointing: bool, automatic: bool, device) -> None:
+    """Check this step's activations against the VRAM left; automatic block swap keeps more blocks in RAM until they fit.
+    Otherwise stop before the first step with what to change (check_memory)."""
+    free, total, now = private_model.free_vram(device), len(sizes), len(swap.swapped)
+
+    def short(count: int) -> int:  # bytes missing with the last `count` blocks in RAM (<= 0: it fits)
+        moved_off = sum(sizes[total - count:total - now])
+        return need.activations(checkpointing or count > 0) + _in_flight(sizes, count) - free - moved_off
+
+    fitting = next((count for count in range(now, total + 1) if short(count) <= 0), None)
+    if fitting == now:
+        return
+    if automatic and checkpointing and fitting is not None:
+        swap.extend(range(total - fitting, total))
+        return
+    advice = None
+    if fitting is not None:
+        advice = (f"set blocks_to_swap to {fitting} in Motion Inversion Options (that many of the model's {total} blocks stay in "
+                  f"RAM, {sum(sizes[total - fitting:]) / GIB:.1f} GB, copied to the GPU as they run: slower)")
+    need.check(free, checkpointing or now > 0, extra_bytes=_in_flight(sizes, now), swap_advice=advice)
+
+
+def _swap_note(swap: BlockSwap, sizes: list[int], automatic: bool, checkpointing_was_off: bool) -> str:
+    host = sum(sizes[i] for i in swap.swapped) / GIB
+    why = "chosen automatically: the rest did not fit in VRAM" if automatic else "blocks_to_swap"
+    note = (f"Block swap: {len(swap.swapped)} of the model's {len(sizes)} blocks ({host:.1f} GB) stay in RAM and are copied to the "
+            f"GPU as they run ({why}); each step copies them twice, {2 * host:.1f} GB.")
+    if checkpointing_was_off:
+        note += " Gradient checkpointing was turned on for it: block swap saves no VRAM without it."
+    return note
 
 
 class NotEnoughMemory(RuntimeError):
@@ -136,14 +255,18 @@ def _saved_activations(units, weights, denoiser, tokens, dim, device, side: int,
     current = {"unit": None}
     inside: dict = {}
     boundary = [0]
-    seen = set(weights)
+    counted: dict[int, weakref.ref] = {}  # storage address -> that storage while it lives (a freed address is reused)
 
     def pack(t):
         storage = t.untyped_storage()
-        if storage.data_ptr() not in seen and t.device == device:
-            seen.add(storage.data_ptr())
+        address = storage.data_ptr()
+        earlier = counted.get(address)
+        if address not in weights and t.device == device and (earlier is None or earlier() is None):
+            counted[address] = weakref.ref(storage)
             inside[current["unit"]] = inside.get(current["unit"], 0) + storage.nbytes()
-        return t
+        # The probe never runs backward, so it keeps nothing: what a layer saves (an fp8 layer's cast weight, a swapped
+        # block's copy) would otherwise pile up over the whole model, more than the card holds, before any is counted.
+        return None
 
     def enter(index):
         def hook(module, args):
@@ -180,20 +303,7 @@ def activation_bytes(profile: dict, frames: int, height: int, width: int, checkp
 def check_memory(profile: dict, free_bytes: int, frames: int, height: int, width: int, checkpointing: bool, latent=None) -> None:
     """Stop before the first step, with what to change, instead of a CUDA out-of-memory error mid-way.
     ``frames``: video frames; ``latent`` as for :func:`activation_bytes`."""
-    needed = activation_bytes(profile, frames, height, width, checkpointing, latent)
-    if needed <= free_bytes:
-        return
-    options = []
-    if not checkpointing:
-        options.append(f"turn on gradient_checkpointing (~{activation_bytes(profile, frames, height, width, True, latent) / GIB:.1f} GB)")
-    half = activation_bytes(profile, frames, height // 2, width // 2, checkpointing, latent)
-    options.append(f"halve width and height to {width // 2}x{height // 2} (~{half / GIB:.1f} GB; it still applies at any size, somewhat less faithfully)")
-    if frames > 8:
-        options.append(f"lower video_frames (~{activation_bytes(profile, frames // 2, height, width, checkpointing, latent) / GIB:.1f} GB at {frames // 2})")
-    raise NotEnoughMemory(
-        f"Motion inversion at {frames} frames x {width}x{height} needs about {needed / GIB:.1f} GB of free VRAM for activations, "
-        f"but {free_bytes / GIB:.1f} GB are free after loading the model. To fit: " + "; or ".join(options) + "."
-    )
+    MemoryNeed(profile, frames, height, width, latent).check(free_bytes, checkpointing)
 
 
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, name))
@@ -206,17 +316,21 @@ def stored_in_fp8(unet) -> bool:
     return bool(casting) and any(m.weight.dtype in FP8_DTYPES for m in casting)
 
 
-def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
+def _convert_unet(base, dtype: torch.dtype, device: torch.device, host_units=()) -> None:
+    """Freeze the copy and put it on ``device`` in the compute dtype; ``host_units`` (block swap) are cast but stay in RAM."""
     unet = base.diffusion_model
     unet.requires_grad_(False)
+    on_host = {id(m) for unit in host_units for m in unit.modules()}
     if stored_in_fp8(unet):
         # fp8 weights stay fp8 (half the memory of bf16: what lets a 14B Wan train on a 24 GB card); each layer casts its
         # weight to the compute dtype as it runs, as ComfyUI does when it samples with them. Autograd keeps those casts
         # for the backward pass, so it is gradient checkpointing that keeps only one block's at a time.
-        unet.to(device=device)
+        for module in unet.modules():
+            _place(module, None if id(module) in on_host else device, None)
         base.manual_cast_dtype = dtype  # apply_model casts its inputs to this
     else:
-        unet.to(device=device, dtype=dtype)
+        for module in unet.modules():
+            _place(module, None if id(module) in on_host else device, dtype)
         unet.dtype = dtype  # apply_model casts its inputs to this
         base.manual_cast_dtype = None
     # Every ComfyUI layer casts its weight to the dtype of its input (a no-op where they match): some models feed a layer
@@ -228,6 +342,20 @@ def _convert_unet(base, dtype: torch.dtype, device: torch.device) -> None:
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
+
+
+def _place(module: torch.nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> None:
+    """``module``'s own tensors (not its children's) to ``device`` (None: where they are), floating ones cast to
+    ``dtype`` (None: as they are); as ``Module.to`` does, parameters keep their identity."""
+    for table in (module._parameters, module._buffers):
+        for name, tensor in table.items():
+            if tensor is None:
+                continue
+            moved = tensor.detach().to(device=device or tensor.device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
+            if isinstance(tensor, torch.nn.Parameter):
+                tensor.data = moved
+            else:
+                table[name] = moved
 
 
 def _protect_saved_norm_inputs(unet) -> None:

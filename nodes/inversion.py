@@ -24,7 +24,16 @@ from ..reenact_core.plot import pil_to_image_batch, render_loss_curve
 from ..reenact_core.video import SAMPLINGS, ReferenceClip, fit_frames, frames_for_inversion
 from ..reenact_core.wan import latent_frames_for
 from . import private_model, wan_apply, wan_inversion
-from .comfy_denoiser import ComfySVDDenoiser, activation_profile, check_memory, compute_dtype, model_family, require_svd, trainable_model
+from .comfy_denoiser import (
+    AUTOMATIC_BLOCK_SWAP,
+    ComfySVDDenoiser,
+    MemoryNeed,
+    activation_profile,
+    compute_dtype,
+    model_family,
+    require_svd,
+    trainable_model,
+)
 
 CATEGORY = "Reenact Anything"
 PREVIEWS_PER_RUN = 40
@@ -63,6 +72,8 @@ class MotionInversionOptions:
                 "hue_shift": ("FLOAT", {"default": a.hue_shift, "min": 0.0, "max": 0.5, "step": 0.05, "tooltip": "Random hue rotation of the whole clip, as a fraction of the colour circle (0.5 = any hue; 0 = off). Fights colour leakage."}),
                 "learning_rate_unit": (list(LEARNING_RATE_UNITS), {"default": InversionConfig.learning_rate_unit, "tooltip": "absolute (as before): learning_rate moves each token element by about that much per step, whatever the tokens' scale. token spread: in units of the initial tokens' spread (std), so a rate means the same on SVD's CLIP-sized tokens as on another model's; the report shows the spread and how far the tokens moved. On Motion World, token spread 0.1-0.3 with schedule constant transferred best (docs/recipe.md)."}),
                 "conditioning_augmentation": (list(CONDITIONING_AUGMENTATIONS), {"default": CONDITIONING_AUGMENTATIONS[0], "tooltip": "How Motion Textual Inversion's augmentation_level is used. 'micro-conditioning only' (as before): SVD is told the level, the conditioning image stays clean. 'noisy pixels, as SVD': the conditioning frame also gets Gaussian pixel noise of that level before the VAE, as SVD was trained and as SVD_img2vid_Conditioning does when you apply the motion (use the same level there)."}),
+                # new widgets go last: a saved workflow's widget values are read in order
+                "blocks_to_swap": ("INT", {"default": AUTOMATIC_BLOCK_SWAP, "min": AUTOMATIC_BLOCK_SWAP, "max": 1000, "tooltip": "Block swap, for models whose weights and activations do not both fit in VRAM (a 14B Wan on a 24 GB card): this many of the model's last blocks stay in RAM and are copied to the GPU while they run (only host to device: the weights are frozen), ahead of time on a side stream. Slower by the copies, and it needs RAM for those blocks. -1 = automatic: none when everything fits, else as many as this card needs (the report says how many). 0 = never (a model too large then stops with what to change)."}),
             },
         }
 
@@ -149,6 +160,7 @@ class MotionTextualInversion:
             ))
         require_svd(model)
         options = dict(options or {})
+        blocks_to_swap = options.pop("blocks_to_swap", AUTOMATIC_BLOCK_SWAP)
         pixel_noise = conditioning_pixel_noise(options.pop("conditioning_augmentation", CONDITIONING_AUGMENTATIONS[0]), augmentation_level)
         config = InversionConfig(steps=steps, learning_rate=learning_rate, tokens_per_frame=tokens_per_frame, seed=seed,
                                  conditioning_pixel_noise=pixel_noise, **options)
@@ -172,13 +184,13 @@ class MotionTextualInversion:
 
         def preflight(base, device):
             if not _preflight_applies(device):
-                return
+                return None
             probe = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
-            profile = activation_profile(base, probe, init.tokens, init.dim, device)
-            check_memory(profile, private_model.free_vram(device), video_frames, height, width, gradient_checkpointing)
+            return MemoryNeed(activation_profile(base, probe, init.tokens, init.dim, device), video_frames, height, width)
 
         memory_required = _memory_required(model, latent_shape, gradient_checkpointing)
-        with trainable_model(model, dtype, gradient_checkpointing, memory_required, preflight) as (base, device):
+        memory_notes: list[str] = []
+        with trainable_model(model, dtype, gradient_checkpointing, memory_required, preflight, blocks_to_swap, memory_notes) as (base, device):
             denoiser = ComfySVDDenoiser(base, device, fps, motion_bucket_id, augmentation_level)
             try:
                 result = invert(
@@ -203,7 +215,7 @@ class MotionTextualInversion:
         verdict = convergence_verdict(result)
         curve = render_loss_curve(result.loss_history, steps, before=result.initial_eval_loss, after=result.final_eval_loss,
                                   drift=result.drift_history, evals=result.eval_history, verdict=verdict)
-        report = _report(motion_reference, video_frames, frame_sampling, motion_fps, fps, result, verdict)
+        report = _report(motion_reference, video_frames, frame_sampling, motion_fps, fps, result, verdict, memory_notes)
         return {"ui": {"text": [report]}, "result": (embedding, pil_to_image_batch(curve), report)}
 
     def _invert_wan(self, inputs: dict):
@@ -249,7 +261,8 @@ def _progress_callback(steps: int):
     return on_step
 
 
-def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: float, fps: int, result, verdict: str) -> str:
+def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: float, fps: int, result, verdict: str,
+            memory_notes: list[str] = ()) -> str:
     """The node's text: what was learned from what, in the user's terms."""
     lines = [
         f"Reference: {reference.describe()}.",
@@ -264,6 +277,7 @@ def _report(reference: ReferenceClip, frames: int, sampling: str, motion_fps: fl
         lines.append("Held-out loss: " + ", ".join(f"{loss:.4g} (step {step})" for step, loss in result.eval_history) + ".")
     if result.drift_history:
         lines.append(f"The tokens moved {result.drift_history[-1]:.3g}x their initial spread ({result.token_scale:.3g}) from where they started.")
+    lines.extend(memory_notes)
     lines.append(f"Verdict: {verdict}.")
     return "\n".join(lines)
 

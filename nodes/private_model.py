@@ -79,15 +79,28 @@ def _evict_for(private: comfy.model_patcher.ModelPatcher, memory_required: int) 
     """Make room for the private copy and the loop's activations by evicting shared models, as far as VRAM
     is short and no further (ComfyUI's free_memory), under inference mode (rule 1). Asks for at least what
     load_models_gpu will ask for, so that loading the copy outside inference mode evicts nothing more."""
-    mm = comfy.model_management
-    reserve = sum(getattr(mm, name)() for name in ("minimum_inference_memory", "extra_reserved_memory") if hasattr(mm, name))
     with torch.inference_mode():  # load_models_gpu frees 1.1x (2025+) to 1.3x (2024) the model's size + reserves
-        mm.free_memory(1.3 * private.model_size() + memory_required + reserve, private.load_device)
+        comfy.model_management.free_memory(1.3 * private.model_size() + memory_required + reserved_vram(), private.load_device)
 
 
 def free_vram(device: torch.device) -> int:
     """Bytes ComfyUI counts as free on ``device`` (after the private copy is loaded)."""
     return int(comfy.model_management.get_free_memory(device))
+
+
+def make_room(device: torch.device, weight_bytes: int) -> int:
+    """Evict shared models as far as the private copy's weights (and ComfyUI's reserve) need, under inference mode
+    (rule 1), and return the VRAM then free: what decides whether the copy's blocks all fit on the GPU."""
+    mm = comfy.model_management
+    with torch.inference_mode():
+        mm.free_memory(1.1 * weight_bytes + reserved_vram(), device)
+    return free_vram(device)
+
+
+def reserved_vram() -> int:
+    """What ComfyUI keeps free besides a model's weights (its minimum inference memory and --reserve-vram)."""
+    mm = comfy.model_management
+    return int(sum(getattr(mm, name)() for name in ("minimum_inference_memory", "extra_reserved_memory") if hasattr(mm, name)))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -107,17 +120,22 @@ def default_devices() -> tuple[torch.device, torch.device]:
 
 
 @contextlib.contextmanager
-def private_copy(model_patcher, memory_required: int = 0):
+def private_copy(model_patcher, memory_required: int = 0, on_host: bool = False):
     """Yield the loaded private copy's ``BaseModel`` (see the module's contract). Call it under inference
     mode (a node); the copy itself is made and used outside it, so the caller's block runs with
-    ``torch.inference_mode(False)``."""
+    ``torch.inference_mode(False)``. ``on_host``: for block swap, when the weights do not all fit in VRAM:
+    ComfyUI loads the copy (applies its patches) in RAM, and the caller puts what runs on the GPU there itself
+    (after ``make_room``)."""
     private = None
     try:
         with torch.inference_mode(False):
             private = _make_private_patcher(model_patcher)
-        _evict_for(private, memory_required)
+        if on_host:
+            private.load_device = torch.device("cpu")
+        else:
+            _evict_for(private, memory_required)
         with torch.inference_mode(False):
-            _load(private, memory_required)
+            _load(private, 0 if on_host else memory_required)
             yield private.model
     finally:
         if private is not None:

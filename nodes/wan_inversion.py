@@ -40,7 +40,7 @@ from ..reenact_core.wan import (
     video_frames_for,
 )
 from . import private_model, wan_apply
-from .comfy_denoiser import activation_profile, check_memory, compute_dtype, trainable_model
+from .comfy_denoiser import AUTOMATIC_BLOCK_SWAP, MemoryNeed, activation_profile, compute_dtype, trainable_model
 
 
 class WanInputError(ValueError):
@@ -95,6 +95,7 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
     video_frames = video_frames_for(latent_frames)  # Wan's lengths are 4k + 1; others round down as ComfyUI's nodes do
     options = dict(node_inputs["options"] or {})
     options.pop("conditioning_augmentation", None)  # SVD's; Wan has no augmentation-level conditioning
+    blocks_to_swap = options.pop("blocks_to_swap", AUTOMATIC_BLOCK_SWAP)
     config = InversionConfig(steps=node_inputs["steps"], learning_rate=node_inputs["learning_rate"],
                              tokens_per_frame=node_inputs["tokens_per_frame"], seed=node_inputs["seed"], **options)
     if family == "wan22_i2v_a14b":  # the high-noise expert: only the noise levels it was trained on
@@ -137,12 +138,13 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
 
     def preflight(base, device):
         if not preflight_applies(device):
-            return
+            return None
         probe = probe_denoiser(base, device, dtype, init.tokens)
         profile = activation_profile(base, probe, init.tokens, UMT5_DIM, device, channels=model.model.latent_format.latent_channels)
-        check_memory(profile, private_model.free_vram(device), video_frames, height, width, checkpointing, latent)
+        return MemoryNeed(profile, video_frames, height, width, latent)
 
-    with trainable_model(model, dtype, checkpointing, memory_required, preflight) as (base, device):
+    memory_notes: list[str] = []
+    with trainable_model(model, dtype, checkpointing, memory_required, preflight, blocks_to_swap, memory_notes) as (base, device):
         motion = TrainableMotionContext(base.diffusion_model.text_embedding, latent_frames)
         for block in base.diffusion_model.blocks:
             block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion, attention=wan_apply._attention)
@@ -177,6 +179,7 @@ def invert_wan(node_inputs: dict, progress_callback, memory_required: int):
     if family == "wan22_i2v_a14b":
         lines.append(f"I2V-A14B: noise levels drawn from the high-noise expert's range only (t >= {A14B_HIGH_NOISE_T:g}, the "
                      "expert that lays out motion; connect that model, not the low-noise one).")
+    lines.extend(memory_notes)
     if video_frames != node_inputs["video_frames"]:
         lines.append(f"video_frames {node_inputs['video_frames']} is not 4k+1: Wan's VAE takes {video_frames}.")
     return embedding, result, lines, convergence_verdict(result)

@@ -42,6 +42,8 @@ def test_dry_run_runs_every_check_in_a_worker_without_pyav(dry_run):
     wan = part["checks"]["wan"]
     if os.path.isfile(os.path.join(comfyui_root(), "comfy", "ldm", "wan", "model.py")) and "skipped" not in wan:
         assert wan["base_model"] == "wan22_ti2v" and wan["latent_frames"] == 3 and wan["embedding_finite"] and wan["seconds_per_step"] > 0
+        swap = wan["block_swap"]  # the same inversion with half the blocks in RAM, side by side
+        assert swap["blocks_to_swap"] == 1 and swap["report_says"] and swap["same_initial_loss"] and swap["time_ratio"] > 0
         assert any(row["check"].endswith(": wan") and "s/step" in row["value"] for row in result["verdicts"])
     else:  # a ComfyUI without Wan 2.2 says so
         assert "no Wan 2.2" in wan["skipped"]

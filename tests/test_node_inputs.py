@@ -324,3 +324,58 @@ def test_reference_custom_size_sets_width_and_height(comfy, numbered_frames):
     _, frames, _, _ = run_node(comfy, "LoadMotionReference", video=numbered_frames, frame_load_cap=1, skip_first_frames=0,
                             select_every_nth=1, custom_width=32, custom_height=16)
     assert tuple(frames.shape) == (1, 16, 32, 3)
+
+
+def test_blocks_to_swap_keeps_that_many_unet_layers_in_ram_and_changes_nothing_learned(comfy, svd, reference):
+    """Block swap on SVD (its checkpointed units are the UNet's layers): the report says how many stay in RAM, gradient
+    checkpointing is turned on for it, and the embedding is what the resident UNet learns."""
+    resident = invert(comfy, svd, reference, gradient_checkpointing=True, options={"blocks_to_swap": 0})
+    model, _, vae = svd
+    (options,) = run_node(comfy, "MotionInversionOptions", **dict(BASE_OPTIONS, blocks_to_swap=3))
+    swapped, _, report = run_node(comfy, "MotionTextualInversion", model=model, vae=vae, motion_reference=reference, steps=2,
+                                  learning_rate=0.05, tokens_per_frame=2, video_frames=FRAMES, width=SIZE, height=SIZE, seed=0, fps=6,
+                                  motion_bucket_id=127, augmentation_level=0.0, precision="fp32", gradient_checkpointing=False,
+                                  options=options)
+    assert "Block swap: 3 of the model's" in report and "Gradient checkpointing was turned on" in report
+    torch.testing.assert_close(swapped.spatial, resident.spatial, rtol=1e-5, atol=1e-6)
+
+
+# Every node's inputs and outputs as released, in order. Saved workflows address widgets by position and links by output
+# index, so a node only ever gains inputs and outputs at the end: a rename, a removal or an insertion fails here.
+RELEASED_INPUTS = {
+    "LoadMotionReference": ["video", "frame_load_cap", "skip_first_frames", "select_every_nth", "custom_width", "custom_height", "images"],
+    "MotionTextualInversion": ["model", "vae", "motion_reference", "steps", "learning_rate", "tokens_per_frame", "video_frames", "width",
+                               "height", "seed", "fps", "motion_bucket_id", "augmentation_level", "precision", "gradient_checkpointing",
+                               "clip_vision", "options", "frame_sampling"],
+    "MotionInversionOptions": ["sigma_log_mean", "sigma_log_std", "warmup_steps", "schedule", "weight_decay", "grad_clip",
+                               "per_frame_tokens", "init_noise", "hflip", "crop_scale", "color_jitter", "random_cond_frame", "cond_noise",
+                               "augment_variants", "eval_draws", "hue_shift", "learning_rate_unit", "conditioning_augmentation",
+                               "blocks_to_swap"],
+    "SaveMotionEmbedding": ["motion_embedding", "filename_prefix"],
+    "LoadMotionEmbedding": ["embedding_name"],
+    "ApplyMotionEmbedding": ["positive", "negative", "motion_embedding", "latent", "strength", "keep_speed", "model"],
+    "MixMotionEmbeddings": ["embedding_a", "embedding_b", "weight"],
+    "MotionWorldLoader": ["model_name"],
+}
+RELEASED_OUTPUTS = {
+    "LoadMotionReference": ["motion_reference", "frames", "frame_count", "info"],
+    "MotionTextualInversion": ["motion_embedding", "loss_curve", "report"],
+    "MotionInversionOptions": ["options"],
+    "SaveMotionEmbedding": [],
+    "LoadMotionEmbedding": ["motion_embedding", "info"],
+    "ApplyMotionEmbedding": ["positive", "negative", "info", "model"],
+    "MixMotionEmbeddings": ["motion_embedding"],
+    "MotionWorldLoader": ["MODEL", "CLIP_VISION", "VAE"],
+}
+
+
+def test_nodes_only_gain_inputs_and_outputs_at_the_end(pack):
+    assert set(pack.module.NODE_CLASS_MAPPINGS) >= set(RELEASED_INPUTS)
+    for node_id, released in RELEASED_INPUTS.items():
+        node = pack.module.NODE_CLASS_MAPPINGS[node_id]
+        spec = node.INPUT_TYPES()
+        inputs = [name for group in ("required", "optional") for name in spec.get(group, {})]
+        assert inputs[:len(released)] == released, node_id
+        assert all(name in spec.get("optional", {}) for name in inputs[len(released):]), f"{node_id}: a new input must be optional"
+        outputs = list(getattr(node, "RETURN_NAMES", node.RETURN_TYPES))
+        assert outputs[:len(RELEASED_OUTPUTS[node_id])] == RELEASED_OUTPUTS[node_id], node_id

@@ -5,6 +5,7 @@ CLIP vision during the loop. (The attention swap and the private copy: test_gpu_
 from __future__ import annotations
 
 import os
+import weakref
 
 import pytest
 import torch
@@ -56,6 +57,28 @@ def test_activation_estimate_tracks_what_autograd_keeps(svd, denoiser_module, pr
     estimate = denoiser_module.activation_bytes(profile, 6, 192, 192, checkpointing=False)
     actual = saved_bytes(denoiser_module, svd[0], 6, 24, checkpointing=False)
     assert 0.5 < estimate / actual < 2.0, (estimate, actual)
+
+
+def test_the_memory_probe_counts_what_autograd_saves_and_keeps_none_of_it(denoiser_module):
+    """On a GPU the probe runs the loaded model once without checkpointing. Were it to keep what each layer saves for
+    backward (an fp8 layer's bf16 weight, a swapped block's copy), a 14B model's would fill the card before the probe
+    ends. Here each unit saves a 'weight cast' nothing else holds: it is counted, and gone as soon as the unit is done."""
+    units = [torch.nn.Identity() for _ in range(3)]
+    gone = []
+
+    def denoiser(noisy, sigma, frame_tokens, shared, image_latent):
+        x = noisy.reshape(-1, 8) * frame_tokens.sum()
+        for unit in units:
+            cast = torch.ones(8, 8)
+            alive = weakref.ref(cast)
+            x = unit(x) @ cast  # autograd saves `cast` for the backward pass
+            del cast
+            gone.append(alive() is None)
+        return x
+
+    counted = denoiser_module._saved_activations(units, set(), denoiser, 1, 4, torch.device("cpu"), 8, 4)
+    assert gone == [True, True, True]
+    assert counted["total"] >= 3 * 8 * 8 * 4 and counted["largest_layer"] >= 8 * 8 * 4
 
 
 def test_checkpointing_estimate_is_smaller(profile, denoiser_module):

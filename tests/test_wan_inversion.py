@@ -205,8 +205,8 @@ def test_fp8_weights_stay_fp8_in_the_private_copy_and_the_motion_is_still_learne
     assert cd.stored_in_fp8(fp8.model.diffusion_model)
     in_copy, convert = [], cd._convert_unet
 
-    def spy(base, dtype, device):
-        convert(base, dtype, device)
+    def spy(base, dtype, device, **kwargs):
+        convert(base, dtype, device, **kwargs)
         in_copy.append(collections.Counter(p.dtype for p in base.diffusion_model.parameters()))
 
     monkeypatch.setattr(cd, "_convert_unet", spy)
@@ -298,3 +298,107 @@ def test_the_wan_vram_table_extends_shallow_probes_to_what_a_deeper_model_keeps(
         estimate, actual = (cd.activation_bytes(p, 33, 288, 480, checkpointing, latent=(latent_frames_for, 8)) for p in (scaled, measured))
         assert 0.95 < estimate / actual < 1.05, (checkpointing, estimate, actual)
 
+
+
+# -- block swap (reenact_core.block_swap; nodes.comfy_denoiser decides how many blocks) ------------------------------------
+
+DEEP_BLOCKS = 6  # block swap pays for itself only past two blocks (two are in flight): a deeper tiny Wan
+
+
+@pytest.fixture(scope="module")
+def deep_i2v(wan):
+    import comfy.sd
+
+    from testkit.wan_checkpoint import WAN21_I2V_CONFIG, WAN21_I2V_SEED, _dit_state_dict
+
+    state = _dit_state_dict("WAN21_I2V", dict(WAN21_I2V_CONFIG, num_layers=DEEP_BLOCKS), WAN21_I2V_SEED)
+    with torch.inference_mode():
+        return comfy.sd.load_diffusion_model_state_dict(state)
+
+
+def swap_options(comfy, blocks_to_swap):
+    (options,) = run_node(comfy, "MotionInversionOptions", **{**option_defaults(comfy), "blocks_to_swap": blocks_to_swap})
+    return options
+
+
+@pytest.fixture
+def swaps(pack, monkeypatch):
+    """Every BlockSwap the node makes, kept for inspection."""
+    cd = node_module(pack, "comfy_denoiser")
+    made = []
+
+    class Recorded(cd.BlockSwap):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(cd, "BlockSwap", Recorded)
+    return made
+
+
+def test_blocks_kept_in_ram_learn_exactly_what_resident_blocks_learn(wan, deep_i2v, wan_vae, clip_vision, swaps):
+    resident, _, _ = invert(wan, deep_i2v, wan_vae, steps=6, clip_vision=clip_vision, gradient_checkpointing=True, options=swap_options(wan, 0))
+    swapped, _, report = invert(wan, deep_i2v, wan_vae, steps=6, clip_vision=clip_vision, gradient_checkpointing=True,
+                                options=swap_options(wan, 4))
+    torch.testing.assert_close(swapped.spatial, resident.spatial, rtol=1e-5, atol=1e-6)
+    assert f"Block swap: 4 of the model's {DEEP_BLOCKS} blocks" in report and "(blocks_to_swap)" in report
+    swap = swaps[-1]
+    assert swap.swapped == [2, 3, 4, 5]
+    assert swap.copies >= 6 * 2 * 4  # every step: each swapped block for the forward pass and again for the recompute
+    assert swap.peak_blocks_in_flight <= 2
+    assert swap.misses <= swap.copies / 4  # nearly every copy was made ahead (the evaluation forwards are not predicted)
+
+
+def test_block_swap_turns_gradient_checkpointing_on_and_says_so(wan, deep_i2v, wan_vae, clip_vision, swaps):
+    _, _, report = invert(wan, deep_i2v, wan_vae, steps=2, clip_vision=clip_vision, gradient_checkpointing=False, options=swap_options(wan, 3))
+    assert "Gradient checkpointing was turned on" in report
+    assert swaps[-1].peak_blocks_in_flight <= 2  # without checkpointing autograd would have kept all three
+
+
+def test_a_weight_patch_on_a_block_kept_in_ram_is_in_what_is_learned(wan, deep_i2v, wan_vae, clip_vision):
+    """With block swap ComfyUI loads the private copy in RAM, which is where its patches (a LoRA) are applied."""
+    key = "diffusion_model.blocks.5.cross_attn.k.weight"
+    weight = deep_i2v.model.state_dict()[key]
+    patched = deep_i2v.clone()
+    delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * float(weight.float().std())
+    assert patched.add_patches({key: (delta.to(weight.dtype),)}, 1.0)
+    plain, _, _ = invert(wan, deep_i2v, wan_vae, steps=3, clip_vision=clip_vision, gradient_checkpointing=True, options=swap_options(wan, 2))
+    with_patch, _, _ = invert(wan, patched, wan_vae, steps=3, clip_vision=clip_vision, gradient_checkpointing=True, options=swap_options(wan, 2))
+    assert not torch.equal(plain.spatial, with_patch.spatial)
+    assert torch.equal(deep_i2v.model.state_dict()[key], weight)
+
+
+def test_automatic_block_swap_keeps_as_many_blocks_in_ram_as_the_activations_need(wan, pack, deep_i2v, wan_vae, clip_vision, swaps, monkeypatch):
+    """The preflight runs only off CPU; here it runs on CPU with given figures: the step's activations A, and free VRAM
+    half a block short of them. Each block kept in RAM frees one block (b) but two are in flight, so it takes three."""
+    cd, wi, pm = node_module(pack, "comfy_denoiser"), node_module(pack, "wan_inversion"), node_module(pack, "private_model")
+    block = cd._bytes_as_run(deep_i2v.model.diffusion_model.blocks[0], torch.float32, False)
+    activations = 64 * 2**20
+    monkeypatch.setattr(wi, "preflight_applies", lambda device: True)
+    monkeypatch.setattr(cd.MemoryNeed, "activations", lambda self, checkpointing: activations)
+    monkeypatch.setattr(pm, "free_vram", lambda device: activations - block // 2)
+    _, _, report = invert(wan, deep_i2v, wan_vae, steps=2, clip_vision=clip_vision, gradient_checkpointing=True)
+    assert swaps[-1].swapped == [3, 4, 5]
+    assert f"Block swap: 3 of the model's {DEEP_BLOCKS} blocks" in report and "chosen automatically" in report
+
+    with pytest.raises(cd.NotEnoughMemory, match="set blocks_to_swap to 3"):  # not automatic: it says what would fit
+        invert(wan, deep_i2v, wan_vae, steps=1, clip_vision=clip_vision, gradient_checkpointing=True, options=swap_options(wan, 0))
+    monkeypatch.setattr(pm, "free_vram", lambda device: activations - 10 * block)  # more than all blocks free
+    with pytest.raises(cd.NotEnoughMemory) as error:
+        invert(wan, deep_i2v, wan_vae, steps=1, clip_vision=clip_vision, gradient_checkpointing=True)
+    assert "blocks_to_swap" not in str(error.value) and "halve width and height" in str(error.value)
+
+
+def test_automatic_block_swap_keeps_in_ram_what_does_not_fit_before_loading(pack, monkeypatch):
+    """Before the copy is loaded: the last blocks that the VRAM free after evicting shared models cannot hold (with two
+    blocks' room for the copies in flight) stay in RAM; ComfyUI then loads the copy there."""
+    cd, pm = node_module(pack, "comfy_denoiser"), node_module(pack, "private_model")
+    block, other = 100, 30
+    weights = other + 6 * block
+    monkeypatch.setattr(pm, "reserved_vram", lambda: 0)
+    gpu = torch.device("cuda")
+    for free, count in ((weights, 0), (weights - 1, 3), (weights - 2 * block, 4), (other + 2 * block, 6), (other, 6)):
+        monkeypatch.setattr(pm, "make_room", lambda device, needed, free=free: free)
+        assert cd._blocks_for_weights(weights, [block] * 6, gpu, cd.AUTOMATIC_BLOCK_SWAP) == count, free
+    assert cd._blocks_for_weights(weights, [block] * 6, gpu, 2) == 2
+    assert cd._blocks_for_weights(weights, [block] * 6, torch.device("cpu"), cd.AUTOMATIC_BLOCK_SWAP) == 0
