@@ -44,7 +44,7 @@ SIZES = {  # (width, height without the title bar)
     "ImageOnlyCheckpointLoader": (370, 100),
     "MotionWorldLoader": (NODE_WIDTH, 100),
     "LoadMotionReference": (NODE_WIDTH, 326),
-    "MotionInversionOptions": (NODE_WIDTH, 470),
+    "MotionInversionOptions": (NODE_WIDTH, 496),  # 19 widgets
     "MotionTextualInversion": (NODE_WIDTH, 500 + IMAGE_ROOM),
     "SaveMotionEmbedding": (NODE_WIDTH, 110),
     "PreviewImage": (NODE_WIDTH, 40 + IMAGE_ROOM),
