@@ -109,8 +109,9 @@ def trainable_model(model_patcher, dtype: torch.dtype, gradient_checkpointing: b
     device = model_patcher.load_device
     notes = notes if notes is not None else []
     unet = model_patcher.model.diffusion_model
-    sizes = [_bytes_as_run(unit, dtype, stored_in_fp8(unet)) for unit in checkpoint_units(unet)]
-    on_host = _blocks_for_weights(_bytes_as_run(unet, dtype, stored_in_fp8(unet)), sizes, device, blocks_to_swap)
+    fp8 = stored_in_fp8(unet)
+    sizes = [_bytes_as_run(unit, dtype, fp8) for unit in checkpoint_units(unet)]  # the blocks block swap can keep in RAM
+    on_host = _blocks_for_weights(_bytes_as_run(unet, dtype, fp8), sizes, device, blocks_to_swap)
     with private_model.private_copy(model_patcher, memory_required, on_host=on_host > 0) as base:
         units = checkpoint_units(base.diffusion_model)
         swapped = range(len(units) - on_host, len(units))
@@ -197,7 +198,7 @@ def _blocks_for_weights(weight_bytes: int, sizes: list[int], device: torch.devic
 
 def _fit_memory(need: MemoryNeed, swap: BlockSwap, sizes: list[int], checkpointing: bool, automatic: bool, device) -> None:
     """Check this step's activations against the VRAM left; automatic block swap keeps more blocks in RAM until they fit.
-    Otherwise stop before the first step with what to change (check_memory)."""
+    Otherwise stop before the first step with what to change (MemoryNeed.check)."""
     free, total, now = private_model.free_vram(device), len(sizes), len(swap.swapped)
 
     def short(count: int) -> int:  # bytes missing with the last `count` blocks in RAM (<= 0: it fits)

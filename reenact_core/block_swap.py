@@ -33,7 +33,7 @@ class BlockSwap:
     alive at once (for tests and the bench).
     """
 
-    def __init__(self, blocks: list[torch.nn.Module], swapped: Iterable[int], device: torch.device, pin: bool = True):
+    def __init__(self, blocks: list[torch.nn.Module], swapped: Iterable[int], device: torch.device, pin: bool = True, streams=None):
         self.blocks, self.device = list(blocks), torch.device(device)
         self.swapped = sorted(set(swapped))
         if any(not 0 <= i < len(self.blocks) for i in self.swapped):
@@ -46,7 +46,7 @@ class BlockSwap:
         self._last: int | None = None
         self._direction = 1
         self._in_flight: list[list[weakref.ref]] = []
-        self._stream = None
+        self._streams = streams  # CudaSideStream on CUDA (made on first use); a stand-in in tests
         self._forwards: dict[int, object] = {}
 
     # -- placement ---------------------------------------------------------------------------------------------------
@@ -134,15 +134,11 @@ class BlockSwap:
     def _copy(self, index: int) -> _Copy:
         self.copies += 1
         host = _tensors(self.blocks[index])
-        if self.device.type != "cuda":
+        if self._streams is None and self.device.type == "cuda":
+            self._streams = CudaSideStream(self.device)
+        if self._streams is None:  # no streams to overlap with (CPU, other accelerators): copied now
             return _Copy({name: t.to(self.device, copy=True) for name, t in host.items()})
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(self._stream):  # overlaps the running block's compute
-            tensors = {name: t.to(self.device, non_blocking=True) for name, t in host.items()}
-            done = torch.cuda.Event()
-            done.record(self._stream)
-        return _Copy(tensors, done, self.device)
+        return _Copy(*self._streams.copy(index, host), streams=self._streams)
 
     def _note_in_flight(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
         """Track which blocks' copies are still alive (autograd may hold them), to report the most at once."""
@@ -152,18 +148,37 @@ class BlockSwap:
 
 
 class _Copy:
-    """A block's device tensors; on CUDA, copied on a side stream and ready once ``done`` is reached."""
+    """A block's device tensors; with streams, copied on the side stream and usable once ``done`` is reached."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], done=None, device=None):
-        self.tensors, self.done, self.device = tensors, done, device
+    def __init__(self, tensors: dict[str, torch.Tensor], done=None, streams=None):
+        self.tensors, self.done, self.streams = tensors, done, streams
 
     def ready(self) -> dict[str, torch.Tensor]:
-        if self.done is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(self.done)
-            for t in self.tensors.values():
-                t.record_stream(stream)  # allocated on the side stream, freed after use on this one
+        if self.streams is not None:
+            self.streams.wait(self.tensors, self.done)
         return self.tensors
+
+
+class CudaSideStream:
+    """The CUDA calls of copying ahead: the copy is issued on a side stream, so it runs while the current block computes
+    on the main stream; the main stream waits for it only when the block it is for runs. (tests/test_block_swap.py
+    checks that order with a stand-in; bench/gpu_check.py runs this on a GPU.)"""
+
+    def __init__(self, device: torch.device):
+        self.device, self.side = device, torch.cuda.Stream(device)
+
+    def copy(self, index: int, host: dict[str, torch.Tensor]):
+        with torch.cuda.stream(self.side):
+            tensors = {name: t.to(self.device, non_blocking=True) for name, t in host.items()}
+            done = torch.cuda.Event()
+            done.record(self.side)
+        return tensors, done
+
+    def wait(self, tensors: dict[str, torch.Tensor], done) -> None:
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(done)
+        for t in tensors.values():
+            t.record_stream(main)  # allocated on the side stream, used and freed on this one
 
 
 def _tensors(block: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -112,3 +112,37 @@ def test_install_extend_and_remove():
     assert [block.forward for block in blocks] == originals
     with pytest.raises(ValueError, match="among the model's 6 blocks"):
         BlockSwap(blocks, [6], torch.device("cpu"))
+
+
+class StandInStreams:
+    """Stands in for CudaSideStream on CPU: logs when each block's copy is issued and when the main stream waits for it."""
+
+    def __init__(self, log):
+        self.log, self.tokens = log, {}
+
+    def copy(self, index, host):
+        self.log.append(("copy", index))
+        return {name: t.clone() for name, t in host.items()}, index
+
+    def wait(self, tensors, done):
+        self.log.append(("wait", done))
+
+
+def test_with_streams_the_next_copy_is_issued_before_the_running_block_computes_and_each_block_waits_for_its_own():
+    log = []
+    blocks = stack()
+    for i, block in enumerate(blocks):
+        block.linear.register_forward_pre_hook(lambda module, args, i=i: log.append(("run", i)))  # inside the block's own forward
+    BlockSwap(blocks, [3, 4, 5], torch.device("cpu"), streams=StandInStreams(log)).install()
+    checkpoint(blocks)
+    context = tokens()
+    for _ in range(2):
+        step(blocks, context)
+    runs = [k for k, event in enumerate(log) if event[0] == "run" and event[1] >= 3]
+    for k in runs:  # a swapped block runs after the main stream waited for its own copy (the wait just before)
+        assert [event for event in log[:k] if event[0] == "wait"][-1] == ("wait", log[k][1])
+    # The second step, forward then backward: each block waits for its copy, then the next block's copy is issued before
+    # it computes (4 after 3, 5 after 4; the recompute of 5 first, 4 and 3 below it; then 3 again for the next step).
+    second = [event for event in log[runs[len(runs) // 2]:] if event[1] >= 3]
+    assert second == [("run", 3), ("wait", 4), ("copy", 5), ("run", 4), ("wait", 5), ("copy", 5), ("run", 5),
+                      ("wait", 5), ("copy", 4), ("run", 5), ("wait", 4), ("copy", 3), ("run", 4), ("wait", 3), ("copy", 3), ("run", 3)]
