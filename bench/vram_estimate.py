@@ -14,6 +14,7 @@ with 2 and with 3 of its blocks (bf16, random weights, ComfyUI's own classes); w
 extended in a straight line to the real block count, and the weights are counted for all blocks. Attention is assumed to keep
 no score matrix for backward (the GPU's memory-efficient SDPA; the probe's tiny sizes cannot tell). With block swap: the
 least VRAM (every block in RAM) and, for a 24 GB card, how many blocks the automatic setting keeps in RAM (block_swap()).
+Time: each step's FLOPs counted from the model's shape (wan_forward_flops) at an assumed sustained throughput.
 """
 
 from __future__ import annotations
@@ -101,8 +102,50 @@ def wan_estimates(env: Env, models=WAN_MODELS) -> list[dict]:
                 act = cd.activation_bytes(profile, frames, height, width, checkpointing, latent=(latent_frames_for, downscale)) / GIB
                 record["activations_ckpt_gib" if checkpointing else "activations_gib"] = act
             record.update(block_swap(record))
+            record.update(wan_step_time(record, config, downscale))
             records.append(record)
     return records
+
+
+# Time: one inversion step's FLOPs, counted (wan_step_flops), over a sustained throughput. An assumption, not a
+# measurement: about half the dense bf16 peak of an RTX 4090 (165 TFLOPS with fp32 accumulation, as PyTorch computes).
+SUSTAINED_TFLOPS = 80.0
+PCIE_GB_PER_S = 25.0  # pinned host-to-device copies on PCIe 4.0 x16, for block swap's copies (assumed)
+IMAGE_TOKENS = 257  # CLIP-H image tokens, Wan2.1-I2V only
+PER_FRAME_CONTEXT = 2 * 5  # each latent frame attends to its own 5 tokens and the 5 shared ones
+
+
+def wan_forward_flops(config: dict, block_params: int, blocks: int, video_tokens: int) -> dict:
+    """FLOPs of one Wan forward in the inversion, from the model's shape: each block's layers on the video tokens (2 per
+    weight per token), except the projections of the context (the motion tokens; Wan2.1-I2V's CLIP image tokens), and
+    attention's two matrix products (4 per channel per query-key pair): self-attention over all video tokens,
+    cross-attention to each frame's own and shared tokens and the image tokens. Checked against PyTorch's FlopCounterMode
+    on the tiny test model (tests/test_wan_inversion.py)."""
+    dim = config["dim"]
+    image = IMAGE_TOKENS if config.get("model_type") == "i2v" else 0
+    text_kv = 2 * (dim * dim + dim)  # cross_attn.k and .v: on the context, not the video tokens
+    image_kv = text_kv if image else 0  # k_img, v_img (on img_emb's output, already dim wide)
+    on_video = block_params - text_kv - image_kv
+    linear = 2 * video_tokens * on_video + 2 * image * image_kv
+    attention = 4 * dim * video_tokens * (video_tokens + PER_FRAME_CONTEXT + image)
+    return {"linear": blocks * linear, "attention": blocks * attention, "total": blocks * (linear + attention)}
+
+
+def wan_step_time(record: dict, config: dict, downscale: int) -> dict:
+    """One step with checkpointing is three forwards: the forward, its recompute, and the backward (the weights are
+    frozen: only the activations' gradients, about one forward's work). Minutes per motion at the Wan workflows' steps."""
+    from reenact_core.wan import latent_frames_for
+    from tools.make_workflows import WAN_INVERSION
+
+    patch = config["patch_size"]
+    tokens = latent_frames_for(record["frames"]) * (record["height"] // downscale // patch[1]) * (record["width"] // downscale // patch[2])
+    forward = wan_forward_flops(config, round(record["per_block_gib"] * GIB / 2), record["blocks"], tokens)["total"]
+    seconds = 3 * forward / (SUSTAINED_TFLOPS * 1e12)
+    block_compute = seconds / (3 * record["blocks"])
+    block_copy = record["per_block_gib"] * GIB / (PCIE_GB_PER_S * 1e9)
+    return {"video_tokens": tokens, "tflop_per_step": 3 * forward / 1e12, "seconds_per_step": seconds,
+            "minutes_per_motion": seconds * WAN_INVERSION["steps"] / 60, "steps": WAN_INVERSION["steps"],
+            "block_compute_ms": block_compute * 1e3, "block_copy_ms": block_copy * 1e3}
 
 
 def block_swap(record: dict) -> dict:
@@ -126,10 +169,13 @@ def print_wan(records: list[dict]) -> None:
              f"{r['activations_ckpt_gib'] + r['weights_fp8_gib']:.1f} GB", f"{r['activations_gib'] + r['weights_gib']:.1f} GB",
              f"{r['least_vram_swap_all_gib']:.1f} / {r['least_vram_swap_all_fp8_gib']:.1f} GB",
              "does not fit" if r["card_24gb_blocks_in_ram"] is None else
-             f"{r['card_24gb_blocks_in_ram']} of {r['blocks']}, {r['card_24gb_copied_per_step_gib']:.0f} GB copied/step"] for r in records]
+             f"{r['card_24gb_blocks_in_ram']} of {r['blocks']}, {r['card_24gb_copied_per_step_gib']:.0f} GB copied/step",
+             f"{r['tflop_per_step']:.0f} TFLOP, {r['seconds_per_step']:.1f} s, {r['minutes_per_motion']:.0f} min",
+             f"{r['block_copy_ms']:.0f} / {r['block_compute_ms']:.0f} ms"] for r in records]
     print("Wan (full width, per-block costs from 2- and 3-block probes); estimate = weights + activations (+20%), 5 tokens per latent frame")
     print(table(["setting", "checkpointing, bf16 weights", "checkpointing, fp8 weights", "no checkpointing, bf16",
-                 "all blocks in RAM, bf16 / fp8", f"bf16 on a 24 GB card ({CARD_24GB_FREE_GIB:g} GB free): blocks in RAM"], rows))
+                 "all blocks in RAM, bf16 / fp8", f"bf16 on a 24 GB card ({CARD_24GB_FREE_GIB:g} GB free): blocks in RAM",
+                 f"per step (at {SUSTAINED_TFLOPS:g} TFLOPS), per motion ({records[0]['steps']} steps)", f"a block's copy ({PCIE_GB_PER_S:g} GB/s) / compute"], rows))
 
 
 def main(argv=None) -> dict:

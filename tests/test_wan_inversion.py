@@ -402,3 +402,31 @@ def test_automatic_block_swap_keeps_in_ram_what_does_not_fit_before_loading(pack
         assert cd._blocks_for_weights(weights, [block] * 6, gpu, cd.AUTOMATIC_BLOCK_SWAP) == count, free
     assert cd._blocks_for_weights(weights, [block] * 6, gpu, 2) == 2
     assert cd._blocks_for_weights(weights, [block] * 6, torch.device("cpu"), cd.AUTOMATIC_BLOCK_SWAP) == 0
+
+
+def test_the_wan_time_estimate_counts_the_flops_pytorch_counts(wan, pack, i2v):
+    """bench/vram_estimate --wan estimates time from FLOPs counted from the model's shape. Its count of the blocks' layers
+    equals what PyTorch's FlopCounterMode counts in a real forward of the tiny Wan2.1-I2V through the node's denoiser
+    (within 2%). Attention's products are counted from the formula alone: on CPU, FlopCounterMode misses the SDPA kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench import vram_estimate
+    from testkit.wan_checkpoint import WAN21_I2V_CONFIG
+
+    cd, wi = node_module(pack, "comfy_denoiser"), node_module(pack, "wan_inversion")
+    frames, h, w = 3, 16, 24
+    with torch.inference_mode(False), cd.trainable_model(i2v, torch.float32, False) as (base, device):
+        dit = base.diffusion_model
+        motion = TrainableMotionContext(dit.text_embedding, frames)
+        for block in dit.blocks:
+            block.cross_attn.forward = InversionCrossAttention(block.cross_attn, motion)
+        denoiser = wi.ComfyWanDenoiser(base, device, torch.float32, motion, torch.zeros(1, 20, frames, h, w), torch.zeros(1, 257, 1280))
+        noisy = torch.randn(frames, 16, h, w)
+        with FlopCounterMode(display=False) as counter:
+            denoiser(noisy, torch.tensor(1.0), torch.zeros(frames, 5, 4096, requires_grad=True), torch.zeros(5, 4096, requires_grad=True), noisy[0])
+        layers = {name for name, module in dit.blocks.named_modules() if isinstance(module, torch.nn.Linear)}
+        measured = sum(sum(ops.values()) for name, ops in counter.get_flop_counts().items()
+                       if name.startswith("WanModel.blocks.") and name.removeprefix("WanModel.blocks.") in layers)
+        block_params = sum(p.numel() for p in dit.blocks[0].parameters())
+    counted = vram_estimate.wan_forward_flops(WAN21_I2V_CONFIG, block_params, len(i2v.model.diffusion_model.blocks), frames * (h // 2) * (w // 2))
+    assert 0.98 < counted["linear"] / measured < 1.02, (counted, measured)
