@@ -25,8 +25,9 @@ random-weight SVD checkpoint (fp16, built once, loaded by the stock ImageOnlyChe
 * **wan** (issue #29, where the ComfyUI has Wan 2.2): Motion Textual Inversion on a full-size random-weight
   Wan2.2 TI2V-5B built in memory, 121 frames at 1280x704, bf16, checkpointing: s/step, peak VRAM, minutes per
   motion at the node's default steps; then with half its blocks kept in RAM (block swap), side by side: the time ratio,
-  peak VRAM, and whether both start from the same loss. (The 14B models are not built here: only their estimate is,
-  bench/vram_estimate --wan.)
+  peak VRAM, and whether both start from the same loss.
+* **wan14b**: Wan2.1-I2V 14B at full width with 8 of its 40 blocks, fp8 weights: workflow 6's inversion (33 frames,
+  480x288), resident and with 6 blocks in RAM, side by side (per-block costs, x5 for the whole model).
 
 The first ComfyUI also measures: ``bench.step_cost`` (bf16, checkpointing off and on: s/step, one UNet
 forward, their ratio, peak VRAM, minutes per motion at the node's default steps) at 14 and 25 frames x
@@ -279,6 +280,7 @@ def worker(args) -> dict:
         _check(part, "chain", lambda: _chain(env, model, clip_vision, vae, reference, settings))
         _check(part, "attention", lambda: _attention_backends(env, model, vae, reference, settings, private_model))
         _check(part, "wan", lambda: _wan(env, settings))
+        _check(part, "wan14b", lambda: _wan14b(env, settings))
         if args.measure:
             _check(part, "step_cost", lambda: _step_cost(args, settings))
             _check(part, "apply_overhead", lambda: _apply_overhead(args, checkpoint, settings))
@@ -508,7 +510,7 @@ def _wan(env, settings: dict) -> dict:
     }
 
 
-def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int) -> dict:
+def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int, vae=None, clip_vision=None) -> dict:
     import comfy.utils
     import torch
 
@@ -530,9 +532,10 @@ def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int) -> dic
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
         embedding, _, report = env.run(
-            "MotionTextualInversion", model=model, vae=StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
+            "MotionTextualInversion", model=model, vae=vae or StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
             learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"], seed=0, fps=0,
-            motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True, options=options)
+            motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True, options=options,
+            **({"clip_vision": clip_vision} if clip_vision is not None else {}))
     finally:
         comfy.utils.set_progress_bar_global_hook(previous_hook)
     if torch.cuda.is_available():
@@ -544,6 +547,49 @@ def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int) -> dic
         "initial_loss": float(embedding.metadata["initial_loss"]),
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "embedding_finite": bool(torch.isfinite(embedding.spatial).all()), "report_says": "Block swap" in report,
+    }
+
+
+# Wan2.1-I2V 14B at full width (model_detection's Wan branch) with 8 of its 40 blocks: what fits the GPU check's time.
+WAN21_I2V_14B = {**WAN22_TI2V_5B, "dim": 5120, "num_heads": 40, "ffn_dim": 13824, "model_type": "i2v", "in_dim": 36, "out_dim": 16}
+WAN14B_BLOCKS = 8
+WAN14B_SETTINGS = {"gpu": dict(frames=33, width=480, height=288, steps=4), "cpu": dict(frames=9, width=32, height=32, steps=2)}
+
+
+def _wan14b(env, settings: dict) -> dict:
+    """Wan2.1-I2V 14B at full width with 8 of its 40 blocks, random weights, loaded as Load Diffusion Model's weight_dtype
+    fp8_e4m3fn loads it: workflow 6's inversion (33 frames at 480x288, bf16 compute, checkpointing) with every block on the
+    GPU, then with 6 of the 8 in RAM (block swap), side by side. Per-block costs extend to the 40 blocks (x5). The VAE is
+    the tests' tiny Wan2.1 VAE and CLIP vision a 2-layer ViT-H stand-in (only their output shapes matter to the DiT)."""
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+    import torch
+
+    from testkit.wan_checkpoint import WAN21_I2V_CONFIG, WAN21_I2V_SEED, _dit_state_dict, ensure_wan21_vae_test_model, tiny_wan_clip_vision
+
+    if not hasattr(comfy.supported_models, "WAN21_I2V"):
+        return {"skipped": "this ComfyUI has no Wan 2.1 (needs >= 0.3.16)"}
+    wan = WAN14B_SETTINGS["gpu" if settings["full"] else "cpu"]
+    config = dict(WAN21_I2V_14B, num_layers=WAN14B_BLOCKS) if settings["full"] else WAN21_I2V_CONFIG
+    with torch.inference_mode():
+        state_dict = _dit_state_dict("WAN21_I2V", config, WAN21_I2V_SEED)
+        model = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={"dtype": torch.float8_e4m3fn})
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(ensure_wan21_vae_test_model())))
+    del state_dict
+    frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
+    reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+                                 custom_width=0, custom_height=0, images=frames)
+    clip_vision = tiny_wan_clip_vision()
+    blocks = config["num_layers"]
+    resident = _wan_inversion(env, model, reference, wan, 0, vae, clip_vision)
+    swapped = _wan_inversion(env, model, reference, wan, blocks - 2 if blocks > 2 else 1, vae, clip_vision)
+    return {
+        "model": f"Wan2.1-I2V 14B width, {blocks} of 40 blocks, fp8 weights" if settings["full"] else "tiny Wan2.1-I2V test model, fp8",
+        "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "blocks": blocks, "resident": resident,
+        "block_swap": dict(swapped, blocks=blocks, time_ratio=swapped["seconds_per_step"] / resident["seconds_per_step"],
+                           same_initial_loss=abs(swapped["initial_loss"] - resident["initial_loss"]) <= 0.01 * abs(resident["initial_loss"])),
+        "seconds_per_step_40_blocks": resident["seconds_per_step"] * 40 / blocks if settings["full"] else None,
     }
 
 
@@ -593,6 +639,14 @@ def verdicts(result: dict) -> list[dict]:
                 value = outcome["error"]
             elif check == "attention":
                 value = "; ".join(f"{k} {v}" for k, v in outcome["backends"].items()) + f" (trained through {outcome['trained_through']})"
+            elif check == "wan14b":
+                swap = outcome.get("block_swap") or {}
+                value = outcome.get("skipped") or (
+                    f"{outcome['model']}, {outcome['frames']}x{outcome['size']}: {outcome['resident']['seconds_per_step']:.2f} s/step "
+                    f"(x40/{outcome['blocks']}: {_fmt(outcome['seconds_per_step_40_blocks'], ' s')}), peak VRAM "
+                    f"{_fmt(outcome['resident']['peak_vram_gb'], ' GB')}; {swap.get('blocks_to_swap')} blocks in RAM: "
+                    f"{swap.get('time_ratio', float('nan')):.2f}x the time, peak VRAM {_fmt(swap.get('peak_vram_gb'), ' GB')}, "
+                    f"same first loss: {swap.get('same_initial_loss')}")
             elif check == "wan":
                 swap = outcome.get("block_swap") or {}
                 value = outcome.get("skipped") or (

@@ -31,7 +31,7 @@ def test_dry_run_runs_every_check_in_a_worker_without_pyav(dry_run):
     (part,) = result["comfyui"].values()
     assert part["exit_code"] == 0 and "error" not in part, part.get("traceback")
     assert part["stubbed_packages"] == ["av"]
-    assert set(part["checks"]) == {"chain", "attention", "wan", "step_cost", "apply_overhead"}
+    assert set(part["checks"]) == {"chain", "attention", "wan", "wan14b", "step_cost", "apply_overhead"}
     failed = {name: check.get("error") for name, check in part["checks"].items() if not check["ok"]}
     assert not failed, failed
     chain = part["checks"]["chain"]
@@ -47,6 +47,14 @@ def test_dry_run_runs_every_check_in_a_worker_without_pyav(dry_run):
         assert any(row["check"].endswith(": wan") and "s/step" in row["value"] for row in result["verdicts"])
     else:  # a ComfyUI without Wan 2.2 says so
         assert "no Wan 2.2" in wan["skipped"]
+    wan14b = part["checks"]["wan14b"]
+    if os.path.isfile(os.path.join(comfyui_root(), "comfy", "ldm", "wan", "model.py")):
+        resident, swap = wan14b["resident"], wan14b["block_swap"]  # fp8 weights, every block resident, then one in RAM
+        assert resident["base_model"] == "wan21_i2v" and resident["embedding_finite"] and not resident["report_says"]
+        assert swap["blocks_to_swap"] == 1 and swap["report_says"] and swap["same_initial_loss"]
+        assert any(row["check"].endswith(": wan14b") and "blocks in RAM" in row["value"] for row in result["verdicts"])
+    else:
+        assert "no Wan 2.1" in wan14b["skipped"]
 
 
 def test_dry_run_reports_the_measurements_against_the_targets(dry_run):
