@@ -10,6 +10,11 @@ the running one computes (the next block up in the forward pass, down in the bac
 
 Without checkpointing, autograd would keep every swapped block's copy until the backward pass: no memory saved, which
 is why callers turn checkpointing on with block swap.
+
+Why not ComfyUI's own partial loading (lowvram): current ComfyUI copies a weight that is not on the GPU into a cast
+buffer that the next layer reuses (async offload, on by default on NVIDIA), so a weight autograd saved for the backward
+pass would be overwritten before it is used; ComfyUI's trainer works around that by checkpointing every single linear
+layer. Here every layer finds its weights already on the device, in fresh tensors of their own.
 """
 
 from __future__ import annotations
