@@ -102,7 +102,7 @@ class BlockSwap:
     def _runner(self, index: int, original):
         def run(*args, **kwargs):
             tensors = self._take(index)
-            self._note_in_flight(index, tensors)
+            self._note_in_flight(tensors)
             with _weights(self.blocks[index], tensors):
                 return original(*args, **kwargs)
 
@@ -145,7 +145,7 @@ class BlockSwap:
             return _Copy({name: t.to(self.device, copy=True) for name, t in host.items()})
         return _Copy(*self._streams.copy(index, host), streams=self._streams)
 
-    def _note_in_flight(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+    def _note_in_flight(self, tensors: dict[str, torch.Tensor]) -> None:
         """Track which blocks' copies are still alive (autograd may hold them), to report the most at once."""
         self._in_flight = [refs for refs in self._in_flight if any(r() is not None for r in refs)]
         self._in_flight.append([weakref.ref(t.untyped_storage()) for t in tensors.values()])
