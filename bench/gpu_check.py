@@ -505,8 +505,7 @@ def _wan(env, settings: dict) -> dict:
         "base_model": resident["base_model"], "seconds_per_step": resident["seconds_per_step"],
         "minutes_per_motion": resident["seconds_per_step"] * InversionConfig.steps / 60, "default_steps": InversionConfig.steps,
         "peak_vram_gb": resident["peak_vram_gb"], "embedding_finite": resident["embedding_finite"] and swapped["embedding_finite"],
-        "block_swap": dict(swapped, blocks=config["num_layers"], time_ratio=swapped["seconds_per_step"] / resident["seconds_per_step"],
-                           same_initial_loss=abs(swapped["initial_loss"] - resident["initial_loss"]) <= 0.01 * abs(resident["initial_loss"])),
+        "block_swap": _side_by_side(resident, swapped, config["num_layers"]),
     }
 
 
@@ -587,10 +586,16 @@ def _wan14b(env, settings: dict) -> dict:
     return {
         "model": f"Wan2.1-I2V 14B width, {blocks} of 40 blocks, fp8 weights" if settings["full"] else "tiny Wan2.1-I2V test model, fp8",
         "frames": wan["frames"], "size": f"{wan['width']}x{wan['height']}", "blocks": blocks, "resident": resident,
-        "block_swap": dict(swapped, blocks=blocks, time_ratio=swapped["seconds_per_step"] / resident["seconds_per_step"],
-                           same_initial_loss=abs(swapped["initial_loss"] - resident["initial_loss"]) <= 0.01 * abs(resident["initial_loss"])),
+        "block_swap": _side_by_side(resident, swapped, blocks),
         "seconds_per_step_40_blocks": resident["seconds_per_step"] * 40 / blocks if settings["full"] else None,
     }
+
+
+def _side_by_side(resident: dict, swapped: dict, blocks: int) -> dict:
+    """The block-swap run against the resident one: its time ratio, and whether both start from the same loss (the
+    swapped blocks compute what the resident ones do)."""
+    same = abs(swapped["initial_loss"] - resident["initial_loss"]) <= 0.01 * abs(resident["initial_loss"])
+    return dict(swapped, blocks=blocks, time_ratio=swapped["seconds_per_step"] / resident["seconds_per_step"], same_initial_loss=same)
 
 
 def _option_defaults(env) -> dict:
@@ -644,16 +649,13 @@ def verdicts(result: dict) -> list[dict]:
                 value = outcome.get("skipped") or (
                     f"{outcome['model']}, {outcome['frames']}x{outcome['size']}: {outcome['resident']['seconds_per_step']:.2f} s/step "
                     f"(x40/{outcome['blocks']}: {_fmt(outcome['seconds_per_step_40_blocks'], ' s')}), peak VRAM "
-                    f"{_fmt(outcome['resident']['peak_vram_gb'], ' GB')}; {swap.get('blocks_to_swap')} blocks in RAM: "
-                    f"{swap.get('time_ratio', float('nan')):.2f}x the time, peak VRAM {_fmt(swap.get('peak_vram_gb'), ' GB')}, "
-                    f"same first loss: {swap.get('same_initial_loss')}")
+                    f"{_fmt(outcome['resident']['peak_vram_gb'], ' GB')}; {_swap_summary(swap)}")
             elif check == "wan":
                 swap = outcome.get("block_swap") or {}
                 value = outcome.get("skipped") or (
                     f"{outcome['model']}, {outcome['frames']}x{outcome['size']}: {outcome['seconds_per_step']:.2f} s/step, "
                     f"{outcome['minutes_per_motion']:.1f} min per motion at {outcome['default_steps']} steps, peak VRAM {_fmt(outcome['peak_vram_gb'], ' GB')}; "
-                    f"{swap.get('blocks_to_swap')} of {swap.get('blocks')} blocks in RAM: {swap.get('time_ratio', float('nan')):.2f}x the time, "
-                    f"peak VRAM {_fmt(swap.get('peak_vram_gb'), ' GB')}, same first loss: {swap.get('same_initial_loss')}")
+                    f"{_swap_summary(swap)}")
             else:
                 value = f"invert {outcome['inversion_seconds']:.1f} s ({outcome['inversion_steps']} steps), apply + sample, stock prompt: ok"
             same_start = (outcome.get("block_swap") or {}).get("same_initial_loss", True)  # block swap computes what resident blocks do
@@ -696,6 +698,11 @@ def verdicts(result: dict) -> list[dict]:
 
 def _within(value, target) -> bool | None:
     return None if value is None else bool(value <= target)
+
+
+def _swap_summary(swap: dict) -> str:
+    return (f"{swap.get('blocks_to_swap')} of {swap.get('blocks')} blocks in RAM: {swap.get('time_ratio', float('nan')):.2f}x the time, "
+            f"peak VRAM {_fmt(swap.get('peak_vram_gb'), ' GB')}, same first loss: {swap.get('same_initial_loss')}")
 
 
 def _fmt(value, suffix: str) -> str:
