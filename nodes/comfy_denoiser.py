@@ -189,7 +189,7 @@ def _blocks_for_weights(weight_bytes: int, sizes: list[int], device: torch.devic
         return min(blocks_to_swap, len(sizes))
     if device.type == "cpu" or not sizes:
         return 0
-    free = private_model.make_room(device, weight_bytes) - private_model.reserved_vram()
+    free = private_model.make_room(device, 1.1 * weight_bytes) - private_model.reserved_vram()
     count = 0
     while count < len(sizes) and weight_bytes - sum(sizes[len(sizes) - count:]) + _in_flight(sizes, count) > free:
         count += 1

@@ -76,11 +76,10 @@ def offload(*patchers) -> None:
 
 
 def _evict_for(private: comfy.model_patcher.ModelPatcher, memory_required: int) -> None:
-    """Make room for the private copy and the loop's activations by evicting shared models, as far as VRAM
-    is short and no further (ComfyUI's free_memory), under inference mode (rule 1). Asks for at least what
-    load_models_gpu will ask for, so that loading the copy outside inference mode evicts nothing more."""
-    with torch.inference_mode():  # load_models_gpu frees 1.1x (2025+) to 1.3x (2024) the model's size + reserves
-        comfy.model_management.free_memory(1.3 * private.model_size() + memory_required + reserved_vram(), private.load_device)
+    """Make room for the private copy and the loop's activations. Asks for at least what load_models_gpu will ask
+    for (1.1x (2025+) to 1.3x (2024) the model's size), so that loading the copy outside inference mode evicts nothing
+    more."""
+    make_room(private.load_device, 1.3 * private.model_size() + memory_required)
 
 
 def free_vram(device: torch.device) -> int:
@@ -88,12 +87,11 @@ def free_vram(device: torch.device) -> int:
     return int(comfy.model_management.get_free_memory(device))
 
 
-def make_room(device: torch.device, weight_bytes: int) -> int:
-    """Evict shared models as far as the private copy's weights (and ComfyUI's reserve) need, under inference mode
-    (rule 1), and return the VRAM then free: what decides whether the copy's blocks all fit on the GPU."""
-    mm = comfy.model_management
+def make_room(device: torch.device, needed_bytes: float) -> int:
+    """Evict shared models as far as ``needed_bytes`` (and ComfyUI's reserve) need and no further (ComfyUI's
+    free_memory), under inference mode (rule 1); return the VRAM then free."""
     with torch.inference_mode():
-        mm.free_memory(1.1 * weight_bytes + reserved_vram(), device)
+        comfy.model_management.free_memory(needed_bytes + reserved_vram(), device)
     return free_vram(device)
 
 
