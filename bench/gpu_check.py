@@ -494,9 +494,7 @@ def _wan(env, settings: dict) -> dict:
         state_dict = _dit_state_dict("WAN22_T2V", config, WAN22_TI2V_SEED)
         model = comfy.sd.load_diffusion_model_state_dict(state_dict)
     del state_dict
-    frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
-    reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
-                                 custom_width=0, custom_height=0, images=frames)
+    reference = _ramp_reference(env, wan)
     resident = _wan_inversion(env, model, reference, wan, blocks_to_swap=0)
     swapped = _wan_inversion(env, model, reference, wan, blocks_to_swap=config["num_layers"] // 2)
     return {
@@ -534,7 +532,7 @@ def _wan_inversion(env, model, reference, wan: dict, blocks_to_swap: int, vae=No
             "MotionTextualInversion", model=model, vae=vae or StandInWan22VAE(), motion_reference=reference, steps=1 + wan["steps"],
             learning_rate=0.3, tokens_per_frame=5, video_frames=wan["frames"], width=wan["width"], height=wan["height"], seed=0, fps=0,
             motion_bucket_id=127, augmentation_level=0.0, precision="auto", gradient_checkpointing=True, options=options,
-            **({"clip_vision": clip_vision} if clip_vision is not None else {}))
+            clip_vision=clip_vision)
     finally:
         comfy.utils.set_progress_bar_global_hook(previous_hook)
     if torch.cuda.is_available():
@@ -576,9 +574,7 @@ def _wan14b(env, settings: dict) -> dict:
         model = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={"dtype": torch.float8_e4m3fn})
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(ensure_wan21_vae_test_model())))
     del state_dict
-    frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
-    reference, _, _, _ = env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
-                                 custom_width=0, custom_height=0, images=frames)
+    reference = _ramp_reference(env, wan)
     clip_vision = tiny_wan_clip_vision()
     blocks = config["num_layers"]
     resident = _wan_inversion(env, model, reference, wan, 0, vae, clip_vision)
@@ -589,6 +585,16 @@ def _wan14b(env, settings: dict) -> dict:
         "block_swap": _side_by_side(resident, swapped, blocks),
         "seconds_per_step_40_blocks": resident["seconds_per_step"] * 40 / blocks if settings["full"] else None,
     }
+
+
+def _ramp_reference(env, wan: dict):
+    """A Load Motion Reference of wan["frames"] frames at its size: a brightness ramp (random weights learn nothing
+    from any clip; only the shapes matter)."""
+    import torch
+
+    frames = torch.linspace(0, 1, wan["frames"] * wan["height"] * wan["width"] * 3).reshape(wan["frames"], wan["height"], wan["width"], 3)
+    return env.run("LoadMotionReference", video="none", frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0,
+                   custom_height=0, images=frames)[0]
 
 
 def _side_by_side(resident: dict, swapped: dict, blocks: int) -> dict:

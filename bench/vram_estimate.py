@@ -101,7 +101,7 @@ def wan_estimates(env: Env, models=WAN_MODELS) -> list[dict]:
             for checkpointing in (True, False):
                 act = cd.activation_bytes(profile, frames, height, width, checkpointing, latent=(latent_frames_for, downscale)) / GIB
                 record["activations_ckpt_gib" if checkpointing else "activations_gib"] = act
-            record.update(block_swap(record))
+            record.update(block_swap(record, cd))
             record.update(wan_step_time(record, config, downscale))
             records.append(record)
     return records
@@ -148,15 +148,17 @@ def wan_step_time(record: dict, config: dict, downscale: int) -> dict:
             "block_compute_ms": block_compute * 1e3, "block_copy_ms": block_copy * 1e3}
 
 
-def block_swap(record: dict) -> dict:
+def block_swap(record: dict, cd) -> dict:
     """What block swap (reenact_core.block_swap) changes, with checkpointing: the least VRAM (every block in RAM, two in
     flight; fp8: two fp8 copies and one block cast up to bf16), and on a 24 GB card how many blocks the automatic
-    setting keeps in RAM with bf16 weights and the GB each step then copies to the GPU (each swapped block twice)."""
+    setting keeps in RAM with bf16 weights and the GB each step then copies to the GPU (each swapped block twice).
+    ``cd``: nodes.comfy_denoiser, whose rule for the blocks in flight the node applies."""
     blocks, block, act = record["blocks"], record["per_block_gib"], record["activations_ckpt_gib"]
     other = record["weights_gib"] - blocks * block
-    swapped = next((k for k in range(blocks + 1) if record["weights_gib"] - k * block + (2 * block if k else 0) + act <= CARD_24GB_FREE_GIB), None)
+    sizes = [block] * blocks
+    swapped = next((k for k in range(blocks + 1) if record["weights_gib"] - k * block + cd._in_flight(sizes, k) + act <= CARD_24GB_FREE_GIB), None)
     return {
-        "least_vram_swap_all_gib": other + 2 * block + act,
+        "least_vram_swap_all_gib": other + cd._in_flight(sizes, blocks) + act,
         "least_vram_swap_all_fp8_gib": other / 2 + 2 * block / 2 + block + act,
         "ram_swap_all_gib": blocks * block,
         "card_24gb_blocks_in_ram": swapped,
