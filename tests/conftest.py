@@ -46,6 +46,23 @@ def pack(comfy):
     )
 
 
+@pytest.fixture
+def block_swaps(pack, monkeypatch):
+    """Every BlockSwap the inversion makes during the test (nodes.comfy_denoiser's), kept for inspection."""
+    from testkit.comfy_env import pack_submodule
+
+    denoiser = pack_submodule(pack.module, "nodes.comfy_denoiser")
+    made = []
+
+    class Recorded(denoiser.BlockSwap):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(denoiser, "BlockSwap", Recorded)
+    return made
+
+
 @pytest.fixture(scope="session")
 def svd_checkpoint(comfy):
     from testkit.svd_checkpoint import ensure_svd_test_checkpoint

@@ -326,18 +326,10 @@ def test_reference_custom_size_sets_width_and_height(comfy, numbered_frames):
     assert tuple(frames.shape) == (1, 16, 32, 3)
 
 
-def test_blocks_to_swap_keeps_that_many_unet_layers_in_ram_and_changes_nothing_learned(comfy, svd, reference, modules, monkeypatch):
+def test_blocks_to_swap_keeps_that_many_unet_layers_in_ram_and_changes_nothing_learned(comfy, svd, reference, block_swaps):
     """Block swap on SVD (its checkpointed units are the UNet's layers): the report says how many stay in RAM, gradient
     checkpointing is turned on for it (so at most two layers' copies are on the device at once), and the embedding is
     what the resident UNet learns."""
-    made = []
-
-    class Recorded(modules["comfy_denoiser"].BlockSwap):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(modules["comfy_denoiser"], "BlockSwap", Recorded)
     resident = invert(comfy, svd, reference, gradient_checkpointing=True, options={"blocks_to_swap": 0})
     model, _, vae = svd
     (options,) = run_node(comfy, "MotionInversionOptions", **dict(BASE_OPTIONS, blocks_to_swap=3))
@@ -346,7 +338,7 @@ def test_blocks_to_swap_keeps_that_many_unet_layers_in_ram_and_changes_nothing_l
                                   motion_bucket_id=127, augmentation_level=0.0, precision="fp32", gradient_checkpointing=False,
                                   options=options)
     assert "Block swap: 3 of the model's" in report and "Gradient checkpointing was turned on" in report
-    assert len(made[-1].swapped) == 3 and made[-1].copies > 0 and made[-1].peak_blocks_in_flight <= 2
+    assert len(block_swaps[-1].swapped) == 3 and block_swaps[-1].copies > 0 and block_swaps[-1].peak_blocks_in_flight <= 2
     torch.testing.assert_close(swapped.spatial, resident.spatial, rtol=1e-5, atol=1e-6)
 
 

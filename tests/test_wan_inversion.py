@@ -321,38 +321,23 @@ def swap_options(comfy, blocks_to_swap):
     return options
 
 
-@pytest.fixture
-def swaps(pack, monkeypatch):
-    """Every BlockSwap the node makes, kept for inspection."""
-    cd = node_module(pack, "comfy_denoiser")
-    made = []
-
-    class Recorded(cd.BlockSwap):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(cd, "BlockSwap", Recorded)
-    return made
-
-
-def test_blocks_kept_in_ram_learn_exactly_what_resident_blocks_learn(wan, deep_i2v, wan_vae, clip_vision, swaps):
+def test_blocks_kept_in_ram_learn_exactly_what_resident_blocks_learn(wan, deep_i2v, wan_vae, clip_vision, block_swaps):
     resident, _, _ = invert(wan, deep_i2v, wan_vae, steps=6, clip_vision=clip_vision, gradient_checkpointing=True, options=swap_options(wan, 0))
     swapped, _, report = invert(wan, deep_i2v, wan_vae, steps=6, clip_vision=clip_vision, gradient_checkpointing=True,
                                 options=swap_options(wan, 4))
     torch.testing.assert_close(swapped.spatial, resident.spatial, rtol=1e-5, atol=1e-6)
     assert f"Block swap: 4 of the model's {DEEP_BLOCKS} blocks" in report and "(blocks_to_swap)" in report
-    swap = swaps[-1]
+    swap = block_swaps[-1]
     assert swap.swapped == [2, 3, 4, 5]
     assert swap.copies >= 6 * 2 * 4  # every step: each swapped block for the forward pass and again for the recompute
     assert swap.peak_blocks_in_flight <= 2
     assert swap.misses <= swap.copies / 4  # nearly every copy was made ahead (the evaluation forwards are not predicted)
 
 
-def test_block_swap_turns_gradient_checkpointing_on_and_says_so(wan, deep_i2v, wan_vae, clip_vision, swaps):
+def test_block_swap_turns_gradient_checkpointing_on_and_says_so(wan, deep_i2v, wan_vae, clip_vision, block_swaps):
     _, _, report = invert(wan, deep_i2v, wan_vae, steps=2, clip_vision=clip_vision, gradient_checkpointing=False, options=swap_options(wan, 3))
     assert "Gradient checkpointing was turned on" in report
-    assert swaps[-1].peak_blocks_in_flight <= 2  # without checkpointing autograd would have kept all three
+    assert block_swaps[-1].peak_blocks_in_flight <= 2  # without checkpointing autograd would have kept all three
 
 
 def test_a_weight_patch_on_a_block_kept_in_ram_is_in_what_is_learned(wan, deep_i2v, wan_vae, clip_vision):
@@ -368,7 +353,7 @@ def test_a_weight_patch_on_a_block_kept_in_ram_is_in_what_is_learned(wan, deep_i
     assert torch.equal(deep_i2v.model.state_dict()[key], weight)
 
 
-def test_automatic_block_swap_keeps_as_many_blocks_in_ram_as_the_activations_need(wan, pack, deep_i2v, wan_vae, clip_vision, swaps, monkeypatch):
+def test_automatic_block_swap_keeps_as_many_blocks_in_ram_as_the_activations_need(wan, pack, deep_i2v, wan_vae, clip_vision, block_swaps, monkeypatch):
     """The preflight runs only off CPU; here it runs on CPU with given figures: the step's activations A, and free VRAM
     half a block short of them. Each block kept in RAM frees one block (b) but two are in flight, so it takes three."""
     cd, wi, pm = node_module(pack, "comfy_denoiser"), node_module(pack, "wan_inversion"), node_module(pack, "private_model")
@@ -378,7 +363,7 @@ def test_automatic_block_swap_keeps_as_many_blocks_in_ram_as_the_activations_nee
     monkeypatch.setattr(cd.MemoryNeed, "activations", lambda self, checkpointing: activations)
     monkeypatch.setattr(pm, "free_vram", lambda device: activations - block // 2)
     _, _, report = invert(wan, deep_i2v, wan_vae, steps=2, clip_vision=clip_vision, gradient_checkpointing=True)
-    assert swaps[-1].swapped == [3, 4, 5]
+    assert block_swaps[-1].swapped == [3, 4, 5]
     assert f"Block swap: 3 of the model's {DEEP_BLOCKS} blocks" in report and "chosen automatically" in report
 
     with pytest.raises(cd.NotEnoughMemory, match="set blocks_to_swap to 3"):  # not automatic: it says what would fit
